@@ -1,0 +1,262 @@
+//! The `vestibule` command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use pingora_core::server::Server;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use vestibule::auth::AuthService;
+use vestibule::config::{self, ListenerSettings, Snapshot, Source};
+use vestibule::ops::access_log::AccessLog;
+use vestibule::ops::admin::Admin;
+use vestibule::ops::supervisor::Supervisor;
+use vestibule::proxy::Edge;
+use vestibule::proxy::state::{Runtime, Shared};
+use vestibule::tenancy::HostKind;
+use vestibule::tls::{self, CertificateStore, gate::Gate};
+
+#[derive(Parser)]
+#[command(name = "vestibule", version, about = "Multi-tenant auth edge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default command).
+    Run(RunArgs),
+    /// Validate a configuration and print the host table; lists every problem and exits non-zero.
+    Check {
+        /// Configuration file; the embedded default when absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Make a local CA and a certificate for a configuration's hosts (default: certs/dev).
+    DevCerts {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A demo upstream that echoes each request's method, path and headers as JSON.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Default)]
+struct RunArgs {
+    /// Configuration file; the embedded default (conf/vestibule.toml) when absent.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Write the bound listener addresses here as JSON (useful with port 0).
+    #[arg(long)]
+    ports_file: Option<PathBuf>,
+    /// Take over the listening sockets of a running instance (pingora graceful upgrade).
+    #[arg(long, short)]
+    upgrade: bool,
+}
+
+fn source(config: Option<PathBuf>) -> Source {
+    config.map_or(Source::Embedded, Source::File)
+}
+
+fn main() -> anyhow::Result<()> {
+    tls::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => run(args),
+        Command::Check { config } => check(&source(config)),
+        Command::DevCerts { config, dir, force } => dev_certs(&source(config), &dir, force),
+        Command::Echo { listen } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(vestibule::ops::echo::run(listen))?;
+            Ok(())
+        }
+    }
+}
+
+fn load_or_report(source: &Source) -> anyhow::Result<Snapshot> {
+    match config::load(source) {
+        Ok(snapshot) => Ok(snapshot),
+        Err(error) => {
+            let problems = error.problems();
+            eprintln!("{source}: {} problem(s)", problems.len());
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
+            bail!("the configuration is not valid")
+        }
+    }
+}
+
+fn check(source: &Source) -> anyhow::Result<()> {
+    let snapshot = load_or_report(source)?;
+    println!("{source} is valid (fingerprint {})", snapshot.fingerprint);
+    println!("{:<55} {:<20} {:<20} kind", "host", "application", "tenant");
+    for (host, route) in snapshot.hosts.entries(&snapshot.zone) {
+        let application = snapshot.application(route.application);
+        let tenant = route
+            .tenant
+            .map_or("-", |tenant| &application.tenants[tenant as usize].id);
+        println!("{host:<55} {:<20} {tenant:<20} {}", application.id, route.kind);
+    }
+    Ok(())
+}
+
+/// Names a development certificate must cover for `snapshot`.
+fn development_names(snapshot: &Snapshot) -> Vec<String> {
+    let mut names = vec![format!("*.{}", snapshot.zone.zone())];
+    for application in &snapshot.applications {
+        if let Some(custom) = &application.custom_domain {
+            names.push(custom.to_string());
+            names.push(format!("*.{custom}"));
+        }
+    }
+    for (host, route) in snapshot.hosts.entries(&snapshot.zone) {
+        if route.kind == HostKind::TenantCustomDomain {
+            names.push(host);
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn dev_certs(source: &Source, directory: &Path, force: bool) -> anyhow::Result<()> {
+    // The certificate files may not exist yet: validate everything but them.
+    let text = source.read()?;
+    let names = match config::parse(&text, source) {
+        Ok(snapshot) => development_names(&snapshot),
+        Err(_) => {
+            let without_tls = strip_tls_certificates(&text)?;
+            development_names(&load_text(&without_tls, source)?)
+        }
+    };
+    let generated = tls::dev::generate(directory, &names, force)?;
+    println!("development CA:          {}", generated.ca_certificate.display());
+    println!(
+        "certificate (chain+key): {} {}",
+        generated.certificate.display(),
+        generated.key.display()
+    );
+    println!("names: {}", names.join(", "));
+    Ok(())
+}
+
+fn strip_tls_certificates(text: &str) -> anyhow::Result<String> {
+    let mut table: toml::Table = text.parse().context("the configuration is not valid TOML")?;
+    if let Some(toml::Value::Table(tls)) = table.get_mut("tls") {
+        tls.remove("certificates");
+    }
+    Ok(toml::to_string(&table)?)
+}
+
+fn load_text(text: &str, source: &Source) -> anyhow::Result<Snapshot> {
+    config::parse(text, source).map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// Replaces port 0 with a free port, so the addresses can be reported and probed.
+fn reserve(address: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if address.port() != 0 {
+        return Ok(address);
+    }
+    let listener = std::net::TcpListener::bind(address).with_context(|| format!("cannot bind {address}"))?;
+    Ok(listener.local_addr()?)
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
+        // pingora logs each refused handshake at error level; the gate counts and logs those itself.
+        format!("{filter},pingora_core::services::listening=off,pingora_core::protocols::tls=warn")
+    });
+    let _ = tracing_log::LogTracer::init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = source(args.config);
+    let snapshot = load_or_report(&source)?;
+    init_logging(&snapshot.observability.log_level);
+
+    let listeners = &snapshot.listeners;
+    let bound = ListenerSettings {
+        https: reserve(listeners.https)?,
+        http: listeners.http.map(reserve).transpose()?,
+        admin: listeners.admin.map(reserve).transpose()?,
+    };
+    if let Some(path) = &args.ports_file {
+        let ports = serde_json::json!({
+            "https": bound.https.to_string(),
+            "http": bound.http.map(|a| a.to_string()),
+            "admin": bound.admin.map(|a| a.to_string()),
+        });
+        std::fs::write(path, ports.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    let server_settings = &snapshot.server;
+    let threads = match server_settings.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads => threads,
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(server_settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown_timeout.as_secs()),
+        pid_file: server_settings.pid_file.display().to_string(),
+        upgrade_sock: server_settings.upgrade_socket.display().to_string(),
+        ..ServerConf::default()
+    };
+    let options = Opt {
+        upgrade: args.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(options, conf);
+    server.bootstrap();
+
+    let snapshot = Arc::new(snapshot);
+    let certificates = Arc::new(CertificateStore::new(&snapshot.tls.certificates));
+    let auth = Arc::new(AuthService::new());
+    let access_log = AccessLog::open(&snapshot.observability.access_log).context("cannot open the access log")?;
+    let gate = Arc::new(Gate::new(certificates.clone(), None, snapshot.tls.client_hello_timeout));
+    let runtime = Runtime::build(snapshot.clone(), &auth);
+    let shared = Arc::new(Shared::new(
+        runtime,
+        certificates.clone(),
+        auth,
+        access_log,
+        None,
+        bound.https.port(),
+    ));
+
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Edge::new(shared.clone()));
+    proxy.add_tls_with_settings(&bound.https.to_string(), None, tls::listener_settings(certificates));
+    if let Some(http) = bound.http {
+        proxy.add_tcp(&http.to_string());
+    }
+    proxy.endpoints().set_pre_tls_callback(gate.clone());
+    server.add_service(proxy);
+
+    if let Some(admin_address) = bound.admin {
+        let mut admin = Service::new("admin".to_owned(), Admin::new(shared.clone()));
+        admin.add_tcp(&admin_address.to_string());
+        server.add_service(admin);
+    }
+    let supervisor = Supervisor::new(shared, source, gate, bound, Vec::new());
+    server.add_service(background_service("supervisor", supervisor));
+    server.run_forever()
+}

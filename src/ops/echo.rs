@@ -1,0 +1,142 @@
+//! `vestibule echo`: a tiny upstream that answers every request with the request it received
+//! (method, path, headers) as JSON. It is the demo upstream of the default configuration and the
+//! real peer the integration tests assert forwarded headers against.
+//!
+//! HTTP/1.1 with keep-alive; `Upgrade: websocket` gets a 101 and then every byte is echoed back,
+//! which is enough to prove the edge passes upgraded connections through in both directions.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body read (and echoed as its length).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = connection(stream).await;
+        });
+    }
+}
+
+pub async fn run(address: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    eprintln!("echo upstream listening on {}", listener.local_addr()?);
+    serve(listener).await
+}
+
+async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        let head_end = loop {
+            if let Some(position) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break position + 4;
+            }
+            if buffer.len() > MAX_HEAD {
+                return Ok(());
+            }
+            let mut chunk = [0u8; 8192];
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        buffer.drain(..head_end);
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default();
+        let mut parts = request_line.split(' ');
+        let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let headers: Vec<(String, String)> = lines
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+
+        if header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+            let key = header("sec-websocket-key").unwrap_or_default();
+            let accept = websocket_accept(key);
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            stream.write_all(response.as_bytes()).await?;
+            stream.write_all(&buffer).await?;
+            let (mut reader, mut writer) = stream.split();
+            tokio::io::copy(&mut reader, &mut writer).await?;
+            return Ok(());
+        }
+
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .min(MAX_BODY);
+        while buffer.len() < length {
+            let mut chunk = [0u8; 8192];
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+        buffer.drain(..length);
+
+        let mut grouped = serde_json::Map::new();
+        for (name, value) in &headers {
+            match grouped.get_mut(name) {
+                Some(serde_json::Value::Array(values)) => values.push(value.clone().into()),
+                _ => {
+                    grouped.insert(name.clone(), serde_json::Value::Array(vec![value.clone().into()]));
+                }
+            }
+        }
+        let body = serde_json::json!({
+            "method": method,
+            "path": target,
+            "body_length": length,
+            "headers": grouped,
+        })
+        .to_string();
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        stream.write_all(response.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine;
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_accept_matches_rfc_example() {
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! The HTTP side: resolve, authorize, forward.
+//!
+//! Contract, per request:
+//! 1. The host comes from `:authority` / the absolute URI, else `Host`; it is normalized without
+//!    allocation; malformed or missing → 400.
+//! 2. On TLS the host must be covered by the certificate the connection presented → else 421.
+//! 3. The host resolves through the live snapshot's [`crate::tenancy::HostTable`]; unknown → 421
+//!    on TLS, 404 on plain HTTP.
+//! 4. Plain HTTP: ACME HTTP-01 answers first; production applications get a 308 to https.
+//! 5. Edge endpoints (`/auth/*`, the edge JWKS) are answered here; public paths skip
+//!    authentication; everything else is authenticated against the host's tenant.
+//! 6. The upstream request loses every client copy of the identity headers and gains the edge's.
+//! 7. Every refusal goes through [`Rejection`], the one place that picks a status; every request
+//!    is counted and logged once.
+//!
+//! The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are atomics.
+
+pub mod headers;
+pub mod rejection;
+pub mod state;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+pub use rejection::Rejection;
+use state::{Runtime, Shared};
+
+use crate::metrics;
+use crate::ops::access_log::{self, Entry};
+use crate::tenancy::{Route, host};
+use crate::tls::ConnectionTls;
+
+/// Path prefix of ACME HTTP-01 validations (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+pub struct Edge {
+    shared: Arc<Shared>,
+}
+
+impl Edge {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Edge { shared }
+    }
+}
+
+/// Per-request state.
+pub struct RequestContext {
+    started: Instant,
+    runtime: Option<Arc<Runtime>>,
+    connection: Option<Arc<ConnectionTls>>,
+    tls: bool,
+    route: Option<Route>,
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    identity: Option<headers::IdentityValues>,
+    user_id: Option<Box<str>>,
+    upstream_target: Option<usize>,
+    upstream_started: Option<Instant>,
+    connect_attempts: usize,
+    rejection: Option<&'static str>,
+}
+
+/// What request routing decided.
+enum Step {
+    Forward,
+    Answered,
+}
+
+fn tls_of(session: &Session) -> (bool, Option<Arc<ConnectionTls>>) {
+    let ssl = session.digest().and_then(|digest| digest.ssl_digest.as_ref());
+    let connection = ssl.and_then(|ssl| ssl.extension.get::<Arc<ConnectionTls>>()).cloned();
+    (ssl.is_some(), connection)
+}
+
+impl Edge {
+    async fn route(
+        &self,
+        session: &mut Session,
+        context: &mut RequestContext,
+        runtime: &Runtime,
+    ) -> std::result::Result<Step, Rejection> {
+        let request = session.req_header();
+        if !context.tls
+            && let Some(token) = request.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX)
+            && let Some(responder) = &self.shared.http01
+        {
+            let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
+            let raw_host = authority.or_else(|| request.headers.get(http::header::HOST).map(HeaderValue::as_bytes));
+            let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
+            let host = raw_host
+                .and_then(|raw| host::normalize(raw, &mut buffer).ok())
+                .ok_or(Rejection::MissingHost)?;
+            let answer = responder.key_authorization(host, token).ok_or(Rejection::NotFound)?;
+            metrics::global()
+                .acme_challenges_answered
+                .with_label_values(&["http-01"])
+                .inc();
+            rejection::respond(
+                session,
+                200,
+                &[("content-type", "application/octet-stream")],
+                Bytes::from(answer),
+            )
+            .await
+            .map_err(|_| Rejection::NotFound)?;
+            return Ok(Step::Answered);
+        }
+
+        let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
+        let raw_host = authority
+            .or_else(|| request.headers.get(http::header::HOST).map(HeaderValue::as_bytes))
+            .ok_or(Rejection::MissingHost)?;
+        let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
+        let host = host::normalize(raw_host, &mut buffer).map_err(Rejection::BadHost)?;
+        if context.tls {
+            // Fail closed: a TLS connection without a known certificate serves nothing.
+            let covered = context
+                .connection
+                .as_ref()
+                .is_some_and(|tls| tls.certificate.covers(host));
+            if !covered {
+                return Err(Rejection::Misdirected);
+            }
+        }
+        let route = runtime.snapshot.hosts.resolve(host).ok_or(Rejection::UnknownHost)?;
+        context.route = Some(route);
+        context.host = HeaderValue::from_str(host).ok();
+        let application = runtime.snapshot.application(route.application);
+
+        if !context.tls && application.production {
+            let port = self.shared.https_port();
+            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+            let location = if port == 443 {
+                format!("https://{host}{path}")
+            } else {
+                format!("https://{host}:{port}{path}")
+            };
+            rejection::respond(session, 308, &[("location", &location)], Bytes::new())
+                .await
+                .map_err(|_| Rejection::NotFound)?;
+            context.rejection = Some("https_required");
+            return Ok(Step::Answered);
+        }
+        Ok(Step::Forward)
+    }
+
+    async fn reject(&self, session: &mut Session, context: &mut RequestContext, rejection: Rejection) -> Result<()> {
+        let status = rejection.status(context.tls);
+        let code = rejection.code();
+        context.rejection = Some(code);
+        metrics::global().rejections.with_label_values(&[code]).inc();
+        let request_id = context.request_id.to_str().unwrap_or_default();
+        let body = rejection::error_body(code, &rejection.to_string(), request_id);
+        let mut extra: Vec<(&'static str, &str)> = vec![("content-type", "application/json")];
+        let challenge;
+        if let Rejection::Auth(error) = &rejection
+            && let Some(value) = error.www_authenticate()
+        {
+            challenge = value;
+            extra.push(("www-authenticate", &challenge));
+        }
+        extra.push(("x-request-id", request_id));
+        rejection::respond(session, status, &extra, body).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            runtime: None,
+            connection: None,
+            tls: false,
+            route: None,
+            host: None,
+            request_id: HeaderValue::from_static(""),
+            identity: None,
+            user_id: None,
+            upstream_target: None,
+            upstream_started: None,
+            connect_attempts: 0,
+            rejection: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, context: &mut RequestContext) -> Result<bool> {
+        context.started = Instant::now();
+        context.request_id = self.shared.request_ids.next();
+        (context.tls, context.connection) = tls_of(session);
+        let runtime = self.shared.runtime();
+        let step = self.route(session, context, &runtime).await;
+        context.runtime = Some(runtime);
+        match step {
+            Ok(Step::Forward) => Ok(false),
+            Ok(Step::Answered) => Ok(true),
+            Err(rejection) => {
+                self.reject(session, context, rejection).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, context: &mut RequestContext) -> Result<Box<HttpPeer>> {
+        let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let upstream = &runtime.applications[route.application as usize].upstream;
+        let target = upstream.pick();
+        context.upstream_target = Some(target);
+        context.connect_attempts += 1;
+        Ok(upstream.peer(target))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        context: &mut RequestContext,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(runtime), Some(route), Some(target)) = (&context.runtime, context.route, context.upstream_target) {
+            let upstream = &runtime.applications[route.application as usize].upstream;
+            upstream.mark_down(target);
+            // Another target may answer: retry once per target, never more.
+            if context.connect_attempts < upstream.targets().len() {
+                error.set_retry(true);
+            }
+        }
+        error
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora_http::RequestHeader,
+        context: &mut RequestContext,
+    ) -> Result<()> {
+        let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
+        };
+        let application = &runtime.applications[route.application as usize];
+        let host = context.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let forwarded = headers::Forwarded {
+            application_id: &application.id,
+            tenant: route.tenant.map(|tenant| &application.tenants[tenant as usize]),
+            host,
+            tls: context.tls,
+            client_ip: session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|inet| inet.ip()),
+            request_id: &context.request_id,
+            identity: context.identity.as_ref(),
+        };
+        headers::rewrite(upstream_request, &runtime.reserved, &runtime.names, &forwarded)?;
+        context.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        context: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(runtime) = &context.runtime {
+            upstream_response.insert_header(runtime.names.request_id.clone(), context.request_id.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, context: &mut RequestContext) -> FailToProxy {
+        let rejection = match (error.esource(), error.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => {
+                return self.fail_with_status(session, *code).await;
+            }
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::TLSHandshakeFailure,
+            ) => Rejection::UpstreamUnreachable,
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Rejection::UpstreamTimeout,
+            (ErrorSource::Upstream, _) => Rejection::UpstreamFailed,
+            (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            (ErrorSource::Downstream, _) => {
+                return self.fail_with_status(session, 400).await;
+            }
+            _ => return self.fail_with_status(session, 500).await,
+        };
+        if let (Some(runtime), Some(route)) = (&context.runtime, context.route) {
+            let application = &runtime.snapshot.application(route.application).id;
+            let kind = rejection.code();
+            metrics::global()
+                .upstream_errors
+                .with_label_values(&[application, kind])
+                .inc();
+        }
+        tracing::warn!(request_id = context.request_id.to_str().unwrap_or_default(), %error, "upstream exchange failed");
+        let status = rejection.status(context.tls);
+        if session.response_written().is_none() {
+            let _ = self.reject(session, context, rejection).await;
+        } else {
+            context.rejection = Some(rejection.code());
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _error: Option<&Error>, context: &mut RequestContext) {
+        let elapsed = context.started.elapsed();
+        let upstream_elapsed = context.upstream_started.map(|started| started.elapsed());
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        let runtime = context.runtime.as_ref();
+        let application = runtime.zip(context.route).map(|(runtime, route)| {
+            (
+                &runtime.applications[route.application as usize],
+                runtime.snapshot.application(route.application),
+                route,
+            )
+        });
+        if let Some((application_runtime, _, _)) = application {
+            application_runtime.metrics.count_status(status);
+            application_runtime
+                .metrics
+                .request_duration
+                .observe(elapsed.as_secs_f64());
+            let edge = elapsed.saturating_sub(upstream_elapsed.unwrap_or(Duration::ZERO));
+            application_runtime.metrics.edge_duration.observe(edge.as_secs_f64());
+            if let Some(upstream) = upstream_elapsed {
+                application_runtime
+                    .metrics
+                    .upstream_duration
+                    .observe(upstream.as_secs_f64());
+            }
+        }
+        if let Some((_, application, route)) = application
+            && let Some(tenant) = route.tenant
+            && runtime.is_some_and(|runtime| runtime.snapshot.observability.tenant_labels)
+        {
+            let tenant_id = &application.tenants[tenant as usize].id;
+            metrics::global()
+                .tenant_requests
+                .with_label_values(&[&application.id, tenant_id])
+                .inc();
+        }
+        if !self.shared.access_log.is_enabled() {
+            return;
+        }
+        let request = session.req_header();
+        let entry = Entry {
+            time: access_log::timestamp(SystemTime::now()),
+            request_id: context.request_id.to_str().unwrap_or_default(),
+            application: application.map(|(_, application, _)| &*application.id),
+            tenant: application
+                .and_then(|(_, application, route)| route.tenant.map(|t| &*application.tenants[t as usize].id)),
+            user_id: context.user_id.as_deref(),
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            status,
+            bytes: session.body_bytes_sent(),
+            edge_ms: elapsed
+                .saturating_sub(upstream_elapsed.unwrap_or(Duration::ZERO))
+                .as_secs_f64()
+                * 1e3,
+            upstream_ms: upstream_elapsed.map(|elapsed| elapsed.as_secs_f64() * 1e3),
+            tls_version: context.connection.as_ref().map(|tls| tls.version),
+            sni: context.connection.as_ref().map(|tls| &*tls.server_name),
+            client: session.client_addr().map(|address| address.to_string()),
+            rejection: context.rejection,
+        };
+        self.shared.access_log.record(&entry);
+    }
+}
+
+impl Edge {
+    async fn fail_with_status(&self, session: &mut Session, status: u16) -> FailToProxy {
+        if session.response_written().is_none() {
+            let _ = session.respond_error(status).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
