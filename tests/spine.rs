@@ -1,0 +1,530 @@
+//! The spine, end to end: host forms → tenant headers, header stripping, TLS/SNI behaviour,
+//! plain-HTTP redirects, upstream failures, WebSocket pass-through, and `vestibule check`.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Fixture {
+    _directory: tempfile::TempDir,
+    edge: Edge,
+    pki: Pki,
+}
+
+/// Three applications: a development portal (every host form), a production app, and one whose
+/// upstream is down. Separate certificates per name group so SNI/Host mismatches are detectable.
+fn fixture() -> Fixture {
+    let directory = temp_dir();
+    let path = directory.path();
+    let pki = Pki::new(path);
+    let echo = Echo::start();
+    let (vanity_cert, vanity_key) = pki.issue(&["*.us.edge.test"]);
+    let (custom_cert, custom_key) = pki.issue(&["auth.portal.test", "*.auth.portal.test"]);
+    let (tenant_cert, tenant_key) = pki.issue(&["login.acme.test"]);
+    let config = format!(
+        r#"{base}
+[platform]
+apex_domain = "edge.test"
+region = "us"
+account = "acct"
+
+[tls]
+certificates = [
+  {{ certificate = "{vanity_cert}", private_key = "{vanity_key}" }},
+  {{ certificate = "{custom_cert}", private_key = "{custom_key}" }},
+  {{ certificate = "{tenant_cert}", private_key = "{tenant_key}" }},
+]
+
+[[applications]]
+id = "app_portal"
+domain_name = "portal"
+production_validations = false
+custom_domain = "auth.portal.test"
+upstream = "{echo}"
+
+[[applications.tenants]]
+id = "tnt_acme"
+domain_name = "acme"
+custom_domain = "login.acme.test"
+
+[[applications.tenants]]
+id = "tnt_globex"
+domain_name = "globex"
+
+[[applications]]
+id = "app_billing"
+domain_name = "billing"
+production_validations = true
+upstream = "https://192.0.2.10"
+
+[[applications.tenants]]
+id = "tnt_initech"
+domain_name = "initech"
+
+[[applications]]
+id = "app_down"
+domain_name = "down"
+production_validations = false
+upstream = "http://127.0.0.1:{dead}"
+"#,
+        base = base_config(path),
+        vanity_cert = vanity_cert.display(),
+        vanity_key = vanity_key.display(),
+        custom_cert = custom_cert.display(),
+        custom_key = custom_key.display(),
+        tenant_cert = tenant_cert.display(),
+        tenant_key = tenant_key.display(),
+        echo = echo.url(),
+        dead = dead_port(),
+    );
+    let edge = Edge::start(path, &config, &pki.ca_path);
+    Fixture {
+        _directory: directory,
+        edge,
+        pki,
+    }
+}
+
+#[test]
+fn every_host_form_reaches_its_tenant() {
+    let Fixture { edge, _directory, .. } = fixture();
+    let cases = [
+        ("https://acme-portal-acct.us.edge.test/a", Some(("tnt_acme", "acme"))),
+        (
+            "https://globex-portal-acct.us.edge.test/a",
+            Some(("tnt_globex", "globex")),
+        ),
+        ("https://acme.auth.portal.test/a", Some(("tnt_acme", "acme"))),
+        ("https://globex.auth.portal.test/a", Some(("tnt_globex", "globex"))),
+        ("https://login.acme.test/a", Some(("tnt_acme", "acme"))),
+        ("https://LOGIN.Acme.TEST./a", Some(("tnt_acme", "acme"))),
+        ("https://portal-acct.us.edge.test/a", None),
+        ("https://auth.portal.test/a", None),
+    ];
+    for http2 in [false, true] {
+        for (url, tenant) in cases {
+            let version = if http2 { "--http2" } else { "--http1.1" };
+            let response = edge.curl(&[version, url]);
+            assert_eq!(response.status, 200, "{url}: {response:?}");
+            assert_eq!(response.version, if http2 { "HTTP/2" } else { "HTTP/1.1" });
+            assert_eq!(response.received("x-application-id"), ["app_portal"], "{url}");
+            match tenant {
+                Some((id, domain)) => {
+                    assert_eq!(response.received("x-tenant-id"), [id], "{url}");
+                    assert_eq!(response.received("x-tenant-domain"), [domain], "{url}");
+                }
+                None => {
+                    assert!(response.received("x-tenant-id").is_empty(), "{url}");
+                    assert!(response.received("x-tenant-domain").is_empty(), "{url}");
+                }
+            }
+            let host = url
+                .trim_start_matches("https://")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_ascii_lowercase();
+            assert_eq!(
+                response.received("x-forwarded-host"),
+                [host.trim_end_matches('.')],
+                "{url}"
+            );
+            assert_eq!(response.received("x-forwarded-proto"), ["https"]);
+            assert_eq!(response.received("x-forwarded-for"), ["127.0.0.1"]);
+            let request_id = response.received("x-request-id");
+            assert_eq!(request_id.len(), 1);
+            assert_eq!(
+                response.header("x-request-id"),
+                Some(request_id[0].as_str()),
+                "echoed to the client"
+            );
+        }
+    }
+    let log = edge.access_log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("\"tnt_globex\""))
+        .expect("an access log line");
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["application"], "app_portal");
+    assert_eq!(entry["path"], "/a");
+    assert_eq!(entry["tls_version"], "TLSv1_3");
+}
+
+#[test]
+fn spoofed_identity_headers_are_stripped() {
+    let Fixture { edge, _directory, .. } = fixture();
+    for version in ["--http1.1", "--http2"] {
+        let response = edge.curl(&[
+            version,
+            "-H",
+            "X-Tenant-Id: tnt_globex",
+            "-H",
+            "x_tenant_id: tnt_globex",
+            "-H",
+            "X-TENANT-DOMAIN: globex",
+            "-H",
+            "X-Application-Id: other",
+            "-H",
+            "X-User-Id: admin",
+            "-H",
+            "x_user_email: ceo@example.com",
+            "-H",
+            "X-User-Roles: superuser",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Host: evil.test",
+            "-H",
+            "Forwarded: for=6.6.6.6;host=evil.test",
+            "-H",
+            "X-Request-Id: forged",
+            "-H",
+            "X-Custom: kept",
+            "https://login.acme.test/spoof?x=1",
+        ]);
+        assert_eq!(response.status, 200, "{response:?}");
+        let echoed = response.json();
+        let headers = echoed["headers"].as_object().unwrap();
+        assert_eq!(response.received("x-tenant-id"), ["tnt_acme"], "{version}");
+        assert_eq!(response.received("x-tenant-domain"), ["acme"]);
+        assert_eq!(response.received("x-application-id"), ["app_portal"]);
+        assert_eq!(response.received("x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(response.received("x-forwarded-host"), ["login.acme.test"]);
+        assert_ne!(response.received("x-request-id"), ["forged"]);
+        for gone in ["x_tenant_id", "x-user-id", "x_user_email", "x-user-roles", "forwarded"] {
+            assert!(
+                !headers.contains_key(gone),
+                "{version}: {gone} reached the upstream: {headers:?}"
+            );
+        }
+        assert_eq!(response.received("x-custom"), ["kept"]);
+        assert_eq!(echoed["path"], "/spoof?x=1");
+    }
+}
+
+#[test]
+fn host_not_covered_by_the_connection_certificate_is_misdirected() {
+    let Fixture { edge, _directory, .. } = fixture();
+    // SNI login.acme.test (its own certificate), Host of a tenant under another certificate.
+    let response = edge.curl(&["-H", "Host: globex.auth.portal.test", "https://login.acme.test/"]);
+    assert_eq!(response.status, 421, "{response:?}");
+    assert_eq!(response.json()["error"], "misdirected_request");
+    // Same certificate (wildcard) but a name no tenant has: unknown host on TLS is also 421.
+    let response = edge.get("https://nobody.auth.portal.test/");
+    assert_eq!(response.status, 421);
+    assert_eq!(response.json()["error"], "unknown_host");
+    // HTTP/2 with a mismatched :authority.
+    let response = edge.curl(&[
+        "--http2",
+        "-H",
+        "Host: acme-portal-acct.us.edge.test",
+        "https://login.acme.test/",
+    ]);
+    assert_eq!(response.status, 421);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_gets_an_unrecognized_name_alert() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    for name in ["nobody.test", "evil-portal-acct.us.edge.test.attacker.test"] {
+        let started = Instant::now();
+        let error = tls_connect(edge.https, name, pki.root_store(), &[b"http/1.1"])
+            .await
+            .err()
+            .expect("refused");
+        let text = format!("{error:?}");
+        assert!(
+            text.contains("UnrecognisedName") || text.contains("UnrecognizedName"),
+            "{name}: {text}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500), "refused fast");
+    }
+    // A known name still handshakes.
+    let stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"]).await;
+    assert!(stream.is_ok(), "{stream:?}");
+    // No SNI at all (an IP literal): also refused with the alert.
+    let curl = std::process::Command::new("curl")
+        .args(["-s", "-k", "-v", &format!("https://127.0.0.1:{}/", edge.https.port())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&curl.stderr);
+    assert!(stderr.contains("unrecognized name"), "{stderr}");
+    let metrics = edge.metrics();
+    let refused = metric_value(
+        &metrics,
+        r#"vestibule_tls_handshake_failures_total{reason="unknown_sni"}"#,
+    );
+    assert_eq!(refused, Some(2.0), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, r#"vestibule_tls_handshake_failures_total{reason="no_sni"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn malformed_hosts_are_400_and_unknown_plain_hosts_404() {
+    let Fixture { edge, _directory, .. } = fixture();
+    for version in ["--http1.1", "--http2"] {
+        for host in [
+            "bad_host.test",
+            "a..b.test",
+            "login.acme.test:port",
+            "-x.test",
+            "a.test:99999999",
+        ] {
+            let response = edge.curl(&[version, "-H", &format!("Host: {host}"), "https://login.acme.test/"]);
+            assert_eq!(response.status, 400, "{version} {host}: {response:?}");
+            assert_eq!(response.json()["error"], "bad_host");
+        }
+    }
+    // Non-ASCII bytes: the edge answers 400 on HTTP/1.1; on HTTP/2 the protocol layer resets the
+    // stream as a malformed request (RFC 9113 §8.1.1). Either way nothing is forwarded.
+    let response = edge.curl(&["--http1.1", "-H", "Host: m\u{fc}nchen.test", "https://login.acme.test/"]);
+    assert_eq!(response.status, 400, "{response:?}");
+    let h2 = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2",
+            "--cacert",
+            edge.ca_path.to_str().unwrap(),
+            "-H",
+            "Host: m\u{fc}nchen.test",
+        ])
+        .args([
+            "--connect-to",
+            &format!("::127.0.0.1:{}", edge.https.port()),
+            "https://login.acme.test/",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(h2.status.code(), Some(92), "HTTP/2 stream error expected: {h2:?}");
+    let response = edge.get("http://nobody.test/");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"], "unknown_host");
+    assert!(
+        !edge.access_log().contains("m\u{fc}nchen"),
+        "raw hosts are never logged"
+    );
+}
+
+#[test]
+fn plain_http_redirects_production_applications_only() {
+    let Fixture { edge, _directory, .. } = fixture();
+    let response = edge.get("http://initech-billing-acct.us.edge.test/reports?period=q3");
+    assert_eq!(response.status, 308);
+    let expected = format!(
+        "https://initech-billing-acct.us.edge.test:{}/reports?period=q3",
+        edge.https.port()
+    );
+    assert_eq!(response.header("location"), Some(expected.as_str()));
+    let response = edge.get("http://acme.auth.portal.test/dev");
+    assert_eq!(response.status, 200, "non-production apps may be served over http");
+    assert_eq!(response.received("x-forwarded-proto"), ["http"]);
+    assert_eq!(response.received("x-tenant-id"), ["tnt_acme"]);
+}
+
+#[test]
+fn upstream_down_is_a_prompt_502() {
+    let Fixture { edge, _directory, .. } = fixture();
+    let started = Instant::now();
+    let response = edge.get("http://down-acct.us.edge.test/");
+    assert_eq!(response.status, 502, "{response:?}");
+    assert_eq!(response.json()["error"], "upstream_unreachable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let metrics = edge.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            r#"vestibule_upstream_errors_total{application="app_down",kind="upstream_unreachable"}"#
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nHost: login.acme.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in [&b"hello through the edge"[..], b"second frame"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+fn check(config_path: &Path) -> std::process::Output {
+    std::process::Command::new(BINARY)
+        .args(["check", "--config"])
+        .arg(config_path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_lists_every_problem_with_its_key_path() {
+    let directory = temp_dir();
+    let config = format!(
+        r#"{base}
+[platform]
+apex_domain = "edge.test"
+region = "us"
+account = "acct"
+
+[[applications]]
+id = "app_prod"
+domain_name = "prod"
+production_validations = true
+custom_domain = "auth.localhost"
+upstream = ["http://localhost:3000", "https://127.0.0.1:8443"]
+login_url = "http://{{tenant_domain}}.prod.example/login"
+
+[applications.identity_provider]
+name = "idp"
+issuers = ["https://idp.example/{{tenant_domain}}"]
+jwks_url = "https://localhost/jwks"
+algorithms = ["HS256", "none"]
+
+[[applications.tenants]]
+id = "tnt_a"
+domain_name = "alpha"
+colour = "blue"
+
+[[applications.tenants]]
+id = "tnt_b"
+domain_name = "beta"
+custom_domain = "login.localhost"
+
+[[applications.tenants]]
+id = "tnt_c"
+domain_name = "beta"
+"#,
+        base = base_config(directory.path())
+    );
+    let config_path = directory.path().join("bad.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let output = check(&config_path);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "applications[0].custom_domain",
+        "applications[0].upstream[0]: `http://localhost:3000` must use https",
+        "applications[0].upstream[0]: `http://localhost:3000` points at a loopback",
+        "applications[0].upstream[1]: `https://127.0.0.1:8443` points at a loopback",
+        "applications[0].login_url",
+        "applications[0].identity_provider.issuers[0]",
+        "applications[0].identity_provider.jwks_url",
+        "applications[0].identity_provider.algorithms[0]",
+        "applications[0].identity_provider.algorithms[1]",
+        "applications[0].tenants[0].colour",
+        "applications[0].tenants[1].custom_domain",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_reports_name_conflicts_and_prints_the_host_table() {
+    let directory = temp_dir();
+    let base = base_config(directory.path());
+    let conflicting = format!(
+        r#"{base}
+[platform]
+apex_domain = "edge.test"
+region = "us"
+account = "acct"
+
+[[applications]]
+id = "app_a"
+domain_name = "portal"
+production_validations = false
+upstream = "http://127.0.0.1:3000"
+
+[[applications.tenants]]
+id = "tnt_1"
+domain_name = "acme"
+custom_domain = "login.acme.test"
+
+[[applications.tenants]]
+id = "tnt_2"
+domain_name = "acme"
+custom_domain = "login.acme.test"
+"#
+    );
+    let config_path = directory.path().join("conflict.toml");
+    std::fs::write(&config_path, conflicting).unwrap();
+    let output = check(&config_path);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("applications[0].tenants[1].domain_name"), "{stderr}");
+    assert!(stderr.contains("applications[0].tenants[1].custom_domain"), "{stderr}");
+
+    let valid = format!(
+        r#"{base}
+[platform]
+apex_domain = "edge.test"
+region = "us"
+account = "acct"
+
+[[applications]]
+id = "app_a"
+domain_name = "portal"
+production_validations = false
+custom_domain = "auth.portal.test"
+upstream = "http://127.0.0.1:3000"
+
+[[applications.tenants]]
+id = "tnt_1"
+domain_name = "acme"
+custom_domain = "login.acme.test"
+"#
+    );
+    std::fs::write(&config_path, valid).unwrap();
+    let output = check(&config_path);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for (host, kind) in [
+        ("login.acme.test", "tenant-custom-domain"),
+        ("acme.auth.portal.test", "tenant-subdomain"),
+        ("acme-portal-acct.us.edge.test", "tenant-vanity"),
+        ("portal-acct.us.edge.test", "application-vanity"),
+        ("auth.portal.test", "application-custom-domain"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(host))
+            .unwrap_or_else(|| panic!("{host}: {stdout}"));
+        assert!(line.contains(kind) && line.contains("app_a"), "{line}");
+    }
+}
