@@ -15,7 +15,7 @@ use vestibule::auth::AuthService;
 use vestibule::config::{self, ListenerSettings, Snapshot, Source};
 use vestibule::ops::access_log::AccessLog;
 use vestibule::ops::admin::Admin;
-use vestibule::ops::supervisor::Supervisor;
+use vestibule::ops::supervisor::{ReloadObserver, Supervisor};
 use vestibule::proxy::Edge;
 use vestibule::proxy::state::{Runtime, Shared};
 use vestibule::tenancy::HostKind;
@@ -230,14 +230,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let snapshot = Arc::new(snapshot);
     let certificates = Arc::new(CertificateStore::new(&snapshot.tls.certificates));
-    let auth = Arc::new(AuthService::new());
+    let auth = Arc::new(AuthService::new(&snapshot.assertion)?);
     let access_log = AccessLog::open(&snapshot.observability.access_log).context("cannot open the access log")?;
     let gate = Arc::new(Gate::new(certificates.clone(), None, snapshot.tls.client_hello_timeout));
     let runtime = Runtime::build(snapshot.clone(), &auth);
     let shared = Arc::new(Shared::new(
         runtime,
         certificates.clone(),
-        auth,
+        auth.clone(),
         access_log,
         None,
         bound.https.port(),
@@ -256,7 +256,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin.add_tcp(&admin_address.to_string());
         server.add_service(admin);
     }
-    let supervisor = Supervisor::new(shared, source, gate, bound, Vec::new());
+    let observers: Vec<Arc<dyn ReloadObserver>> = vec![auth];
+    let supervisor = Supervisor::new(shared, source, gate, bound, observers);
     server.add_service(background_service("supervisor", supervisor));
     server.run_forever()
 }

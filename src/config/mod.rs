@@ -207,6 +207,7 @@ pub struct Snapshot {
     pub headers: HeaderNames,
     pub upstream: UpstreamSettings,
     pub session: Option<SessionSettings>,
+    pub assertion: AssertionSettings,
     pub acme: Option<AcmeSettings>,
     pub observability: ObservabilitySettings,
     pub applications: Vec<Application>,
@@ -364,6 +365,20 @@ pub const DEFAULT_LOGIN_STATE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_REFRESH_LEEWAY: Duration = Duration::from_secs(60);
 /// Secrets shorter than this are refused (256 bits).
 pub const MINIMUM_SECRET_LENGTH: usize = 32;
+
+/// The signed identity assertion the edge can add for upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionSettings {
+    /// PKCS#8 DER of the ES256 key; `None` = a key generated per process.
+    pub private_key: Option<Secret>,
+    /// `iss` of assertions. Default: [`DEFAULT_ASSERTION_ISSUER`].
+    pub issuer: Box<str>,
+    /// Default: [`DEFAULT_ASSERTION_LIFETIME`].
+    pub lifetime: Duration,
+}
+
+pub const DEFAULT_ASSERTION_ISSUER: &str = "vestibule";
+pub const DEFAULT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// ACME challenge types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

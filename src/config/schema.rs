@@ -14,6 +14,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "headers",
     "upstream",
     "session",
+    "assertion",
     "acme",
     "observability",
     "applications",
@@ -99,6 +100,15 @@ pub struct SessionSection {
     pub login_state_timeout_seconds: Option<u64>,
     pub refresh_leeway_seconds: Option<u64>,
     pub store: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionSection {
+    /// PEM PKCS#8 ECDSA P-256 key; generated per process when absent.
+    pub private_key: Option<String>,
+    pub issuer: Option<String>,
+    pub lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

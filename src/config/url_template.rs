@@ -141,6 +141,23 @@ impl UrlTemplate {
         self.token_at.is_some()
     }
 
+    /// Whether `candidate` is this template rendered for `tenant_domain`, compared bytewise
+    /// without allocating. A templated URL never matches without a tenant.
+    pub fn matches(&self, candidate: &str, tenant_domain: Option<&str>) -> bool {
+        let (text, candidate) = (self.text.as_bytes(), candidate.as_bytes());
+        match (self.token_at, tenant_domain) {
+            (None, _) => candidate == text,
+            (Some(at), Some(tenant)) => {
+                let tenant = tenant.as_bytes();
+                candidate.len() == text.len() + tenant.len()
+                    && candidate[..at] == text[..at]
+                    && candidate[at..at + tenant.len()] == *tenant
+                    && candidate[at + tenant.len()..] == text[at..]
+            }
+            (Some(_), None) => false,
+        }
+    }
+
     /// Renders the URL for a tenant. Without a tenant the token is dropped together with the
     /// separator that followed it (`{tenant_domain}.auth.example.com` → `auth.example.com`).
     pub fn render(&self, tenant_domain: Option<&str>) -> String {
@@ -215,6 +232,19 @@ mod tests {
         ] {
             assert!(parse(input, DEV).is_err(), "{input} should be rejected");
         }
+    }
+
+    #[test]
+    fn matches_without_allocating() {
+        let template = parse("https://{tenant_domain}-app.idp.example/", DEV).unwrap();
+        assert!(template.matches("https://acme-app.idp.example/", Some("acme")));
+        assert!(!template.matches("https://acme-app.idp.example/", Some("globex")));
+        assert!(!template.matches("https://acme-app.idp.example/", None));
+        assert!(!template.matches("https://acme-app.idp.example/x", Some("acme")));
+        assert!(!template.matches("https://é-app.idp.example/", Some("acme")));
+        let plain = parse("https://idp.example/", DEV).unwrap();
+        assert!(plain.matches("https://idp.example/", Some("acme")));
+        assert!(plain.matches("https://idp.example/", None));
     }
 
     #[test]

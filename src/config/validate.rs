@@ -45,6 +45,7 @@ pub(super) fn snapshot(text: &str, source: &Source) -> Result<Snapshot, Problems
     let headers = take::<HeadersSection>(&mut table, "headers", &mut problems).unwrap_or_default();
     let upstream = take::<UpstreamSection>(&mut table, "upstream", &mut problems).unwrap_or_default();
     let session = take::<SessionSection>(&mut table, "session", &mut problems);
+    let assertion = take::<AssertionSection>(&mut table, "assertion", &mut problems).unwrap_or_default();
     let acme = take::<AcmeSection>(&mut table, "acme", &mut problems);
     let observability = take::<ObservabilitySection>(&mut table, "observability", &mut problems).unwrap_or_default();
     let applications = take_applications(&mut table, &mut problems);
@@ -56,6 +57,7 @@ pub(super) fn snapshot(text: &str, source: &Source) -> Result<Snapshot, Problems
     let headers = header_names(headers, &mut problems);
     let upstream = context.upstream(upstream, &mut problems);
     let session = session.and_then(|section| session_settings(section, &context, &mut problems));
+    let assertion = context.assertion(assertion, &mut problems);
     let acme = acme.and_then(|section| context.acme(section, &mut problems));
     let observability = context.observability(observability, &mut problems);
 
@@ -98,6 +100,7 @@ pub(super) fn snapshot(text: &str, source: &Source) -> Result<Snapshot, Problems
             headers,
             upstream,
             session,
+            assertion,
             acme,
             observability,
             applications: validated,
@@ -221,6 +224,48 @@ impl Context<'_> {
             upgrade_socket: section
                 .upgrade_socket
                 .map_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCKET), |p| self.path(&p)),
+        }
+    }
+
+    fn assertion(&self, section: AssertionSection, problems: &mut Problems) -> AssertionSettings {
+        let private_key = section.private_key.and_then(|file| {
+            let path = self.path(&file);
+            let pem = match std::fs::read(&path) {
+                Ok(pem) => pem,
+                Err(error) => {
+                    problems.add(
+                        "assertion.private_key",
+                        format!("cannot read {}: {error}", path.display()),
+                    );
+                    return None;
+                }
+            };
+            match rustls_pemfile::private_key(&mut &pem[..]) {
+                Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(der))) => {
+                    Some(Secret::new(der.secret_pkcs8_der().to_vec()))
+                }
+                _ => {
+                    problems.add(
+                        "assertion.private_key",
+                        "must be a PEM PKCS#8 ECDSA P-256 key (BEGIN PRIVATE KEY)",
+                    );
+                    None
+                }
+            }
+        });
+        let lifetime = section
+            .lifetime_seconds
+            .map_or(DEFAULT_ASSERTION_LIFETIME, Duration::from_secs);
+        if lifetime.is_zero() || lifetime > Duration::from_secs(3600) {
+            problems.add("assertion.lifetime_seconds", "must be between 1 and 3600");
+        }
+        AssertionSettings {
+            private_key,
+            issuer: section
+                .issuer
+                .unwrap_or_else(|| DEFAULT_ASSERTION_ISSUER.to_owned())
+                .into(),
+            lifetime,
         }
     }
 

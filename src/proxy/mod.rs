@@ -34,6 +34,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 pub use rejection::Rejection;
 use state::{Runtime, Shared};
 
+use crate::auth;
 use crate::metrics;
 use crate::ops::access_log::{self, Entry};
 use crate::tenancy::{Route, host};
@@ -63,6 +64,8 @@ pub struct RequestContext {
     request_id: HeaderValue,
     identity: Option<headers::IdentityValues>,
     user_id: Option<Box<str>>,
+    /// Cookies the edge sets on whatever response goes out (session roll, refresh, logout).
+    set_cookies: Vec<String>,
     upstream_target: Option<usize>,
     upstream_started: Option<Instant>,
     connect_attempts: usize,
@@ -150,7 +153,60 @@ impl Edge {
             context.rejection = Some("https_required");
             return Ok(Step::Answered);
         }
-        Ok(Step::Forward)
+        if request.uri.path() == auth::EDGE_JWKS_PATH {
+            let jwks = self.shared.auth.edge_jwks();
+            rejection::respond(session, 200, &[("content-type", "application/jwk-set+json")], jwks)
+                .await
+                .map_err(|_| Rejection::NotFound)?;
+            return Ok(Step::Answered);
+        }
+        let Some(application_auth) = &runtime.applications[route.application as usize].auth else {
+            return Ok(Step::Forward);
+        };
+        let authority = std::str::from_utf8(raw_host).unwrap_or(host);
+        let auth_request = auth::AuthRequest {
+            method: &request.method,
+            path: request.uri.path(),
+            query: request.uri.query(),
+            host,
+            authority,
+            tls: context.tls,
+            headers: &request.headers,
+            route,
+            application,
+        };
+        let decision = application_auth.handle(&auth_request).await;
+        match decision {
+            auth::Decision::Forward { identity, set_cookies } => {
+                context.set_cookies = set_cookies;
+                if let Some(identity) = identity {
+                    if let Some(tenant) = identity.tenant {
+                        context.route = Some(Route {
+                            tenant: Some(tenant),
+                            ..route
+                        });
+                    }
+                    context.user_id = Some(identity.user_id);
+                    context.identity = Some(identity.values);
+                }
+                Ok(Step::Forward)
+            }
+            auth::Decision::Respond(response) => {
+                let headers: Vec<(&'static str, &str)> = response
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (*name, value.as_str()))
+                    .collect();
+                rejection::respond(session, response.status, &headers, response.body)
+                    .await
+                    .map_err(|_| Rejection::NotFound)?;
+                Ok(Step::Answered)
+            }
+            auth::Decision::Reject { error, set_cookies } => {
+                context.set_cookies = set_cookies;
+                Err(Rejection::Auth(error))
+            }
+        }
     }
 
     async fn reject(&self, session: &mut Session, context: &mut RequestContext, rejection: Rejection) -> Result<()> {
@@ -169,6 +225,9 @@ impl Edge {
             extra.push(("www-authenticate", &challenge));
         }
         extra.push(("x-request-id", request_id));
+        for cookie in &context.set_cookies {
+            extra.push(("set-cookie", cookie));
+        }
         rejection::respond(session, status, &extra, body).await
     }
 }
@@ -188,6 +247,7 @@ impl ProxyHttp for Edge {
             request_id: HeaderValue::from_static(""),
             identity: None,
             user_id: None,
+            set_cookies: Vec::new(),
             upstream_target: None,
             upstream_started: None,
             connect_attempts: 0,
@@ -277,6 +337,9 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(runtime) = &context.runtime {
             upstream_response.insert_header(runtime.names.request_id.clone(), context.request_id.clone())?;
+        }
+        for cookie in context.set_cookies.drain(..) {
+            upstream_response.append_header("set-cookie", cookie)?;
         }
         Ok(())
     }

@@ -44,7 +44,7 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 impl Runtime {
-    pub fn build(snapshot: Arc<Snapshot>, auth: &AuthService) -> Self {
+    pub fn build(snapshot: Arc<Snapshot>, auth: &Arc<AuthService>) -> Self {
         let applications = snapshot
             .applications
             .iter()

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod identity;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -108,6 +110,11 @@ impl Echo {
     }
 }
 
+/// A loopback port that was free a moment ago (for peers that must know a port in advance).
+pub fn free_port() -> u16 {
+    dead_port()
+}
+
 /// A free loopback port nobody listens on (for "upstream down").
 pub fn dead_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -116,6 +123,11 @@ pub fn dead_port() -> u16 {
 
 /// The `[server]` and `[listeners]` sections every test configuration starts with.
 pub fn base_config(directory: &Path) -> String {
+    base_config_on(directory, 0)
+}
+
+/// Like [`base_config`], with the https listener on `https_port`.
+pub fn base_config_on(directory: &Path, https_port: u16) -> String {
     format!(
         r#"
 [server]
@@ -125,7 +137,7 @@ upgrade_socket = "{dir}/upgrade.sock"
 graceful_shutdown_timeout_seconds = 5
 
 [listeners]
-https = "127.0.0.1:0"
+https = "127.0.0.1:{https_port}"
 http = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 
@@ -133,7 +145,7 @@ admin = "127.0.0.1:0"
 access_log = "{dir}/access.log"
 log_level = "info"
 "#,
-        dir = directory.display()
+        dir = directory.display(),
     )
 }
 
