@@ -654,10 +654,7 @@ pub(super) async fn session(
         values.access_token = tokens.and_then(|tokens| header(&tokens.access_token));
     }
     if auth.provider.forward_assertion {
-        let client = auth.provider.client_id.as_deref();
-        values.assertion = auth
-            .sign_assertion(&session.subject, session.email.as_deref(), tenant_id, client)
-            .map(|(value, _)| value);
+        values.assertion = session_assertion(auth, &session, tenant_id, now);
     }
     SessionCheck::Valid {
         identity: Identity {
@@ -667,6 +664,47 @@ pub(super) async fn session(
         },
         set_cookies,
     }
+}
+
+/// Assertions made for sessions on this worker thread, by session id: (auth generation, value,
+/// expiry). Keyed by the full id, never a hash of it, so one user's assertion cannot reach another.
+type AssertionCache = std::collections::HashMap<String, (u64, HeaderValue, u64), ahash::RandomState>;
+
+thread_local! {
+    static SESSION_ASSERTIONS: std::cell::RefCell<AssertionCache> = std::cell::RefCell::new(AssertionCache::default());
+}
+
+/// Entries per thread before the assertion cache is swept.
+const ASSERTION_CACHE_ENTRIES: usize = 10_000;
+
+fn session_assertion(
+    auth: &ApplicationAuth,
+    session: &Session,
+    tenant_id: Option<&str>,
+    now: u64,
+) -> Option<HeaderValue> {
+    let fresh_until = now + auth.assertion.lifetime.as_secs() / 4;
+    let cached = SESSION_ASSERTIONS.with(|cache| {
+        let cache = cache.borrow();
+        let (owner, value, expires) = cache.get(session.sid.as_str())?;
+        (*owner == auth.id && *expires > fresh_until).then(|| value.clone())
+    });
+    if cached.is_some() {
+        return cached;
+    }
+    let client = auth.provider.client_id.as_deref();
+    let (value, expires) = auth.sign_assertion(&session.subject, session.email.as_deref(), tenant_id, client)?;
+    SESSION_ASSERTIONS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= ASSERTION_CACHE_ENTRIES {
+            cache.retain(|_, (_, _, expires)| *expires > now);
+            if cache.len() >= ASSERTION_CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(session.sid.clone(), (auth.id, value.clone(), expires));
+    });
+    Some(value)
 }
 
 type RefreshResult = Option<(Session, SessionTokens)>;

@@ -373,6 +373,12 @@ impl AuthService {
             custom_domain: application.custom_domain.clone(),
             login_url: application.login_url.clone(),
             tenant_discovery_url: application.tenant_discovery_url.clone(),
+            accepted_audiences: provider
+                .audiences
+                .iter()
+                .cloned()
+                .chain(provider.client_id.clone())
+                .collect(),
             store,
             sealer,
             session: snapshot.session.clone(),
@@ -466,6 +472,8 @@ pub struct ApplicationAuth {
     custom_domain: Option<Box<str>>,
     login_url: Option<crate::config::UrlTemplate>,
     tenant_discovery_url: Option<crate::config::UrlTemplate>,
+    /// Accepted `aud` (and `client_id`/`azp`) values: the audiences plus the client id.
+    accepted_audiences: Vec<Box<str>>,
     store: Option<Arc<dyn SessionStore>>,
     sealer: Option<Arc<cookies::Sealer>>,
     session: Option<SessionSettings>,
@@ -615,12 +623,7 @@ impl ApplicationAuth {
             self.count(Outcome::BearerCached);
             return Ok(hit);
         }
-        let keys = self.keys_for(host_tenant_domain).ok_or(AuthError::TenantRequired)?;
-        let lookup = |id: &str| self.tenant_domain_of_id(id);
-        let claims = self
-            .verifier(&keys, &lookup)
-            .verify(token, Audience::AnyOf(&self.accepted_audiences()))
-            .await?;
+        let claims = self.verify_uncached(token, host_tenant_domain).await?;
         let header = |text: &str| HeaderValue::from_str(text).ok();
         let values = IdentityValues {
             user_id: header(&claims.subject),
@@ -645,12 +648,13 @@ impl ApplicationAuth {
         Ok(verified)
     }
 
-    fn accepted_audiences(&self) -> Vec<Box<str>> {
-        let mut accepted = self.provider.audiences.clone();
-        if let Some(client) = &self.provider.client_id {
-            accepted.push(client.clone());
-        }
-        accepted
+    /// Full verification of a bearer token, without the cache (the cold path).
+    pub async fn verify_uncached(&self, token: &str, host_tenant_domain: Option<&str>) -> Result<Claims, AuthError> {
+        let keys = self.keys_for(host_tenant_domain).ok_or(AuthError::TenantRequired)?;
+        let lookup = |id: &str| self.tenant_domain_of_id(id);
+        self.verifier(&keys, &lookup)
+            .verify(token, Audience::AnyOf(&self.accepted_audiences))
+            .await
     }
 
     /// The tenant check: the identity's tenant must be the host's. Returns the tenant to forward
