@@ -15,6 +15,7 @@ use vestibule::auth::AuthService;
 use vestibule::config::{self, ListenerSettings, Snapshot, Source};
 use vestibule::ops::access_log::AccessLog;
 use vestibule::ops::admin::Admin;
+use vestibule::ops::shutdown::DrainOnTerminate;
 use vestibule::ops::supervisor::{ReloadObserver, Supervisor};
 use vestibule::proxy::Edge;
 use vestibule::proxy::state::{Runtime, Shared};
@@ -67,6 +68,9 @@ struct RunArgs {
     #[arg(long, short)]
     upgrade: bool,
 }
+
+/// pingora's last pause after the listeners close, and its runtime shutdown wait.
+const PINGORA_FINAL_GRACE_SECONDS: u64 = 1;
 
 fn source(config: Option<PathBuf>) -> Source {
     config.map_or(Source::Embedded, Source::File)
@@ -215,8 +219,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(server_settings.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown_timeout.as_secs()),
+        // The drain happens before pingora's own shutdown (see ops::shutdown); this short pause
+        // only lets a request that raced the listener close finish.
+        grace_period_seconds: Some(PINGORA_FINAL_GRACE_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(PINGORA_FINAL_GRACE_SECONDS),
         pid_file: server_settings.pid_file.display().to_string(),
         upgrade_sock: server_settings.upgrade_socket.display().to_string(),
         ..ServerConf::default()
@@ -257,7 +263,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         server.add_service(admin);
     }
     let observers: Vec<Arc<dyn ReloadObserver>> = vec![auth];
+    let shutdown = DrainOnTerminate::new(
+        shared.clone(),
+        snapshot.server.grace_period,
+        snapshot.server.graceful_shutdown_timeout,
+    );
     let supervisor = Supervisor::new(shared, source, gate, bound, observers);
     server.add_service(background_service("supervisor", supervisor));
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(shutdown),
+    });
+    Ok(())
 }

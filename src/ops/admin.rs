@@ -43,6 +43,7 @@ impl ServeHttp for Admin {
                 let fingerprint = self.shared.runtime().snapshot.fingerprint.to_string();
                 reply(200, "text/plain", format!("ready {fingerprint}\n").into_bytes())
             }
+            "/readyz" if self.shared.is_draining() => reply(503, "text/plain", b"draining\n".to_vec()),
             "/readyz" => reply(503, "text/plain", b"starting\n".to_vec()),
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }

@@ -4,6 +4,7 @@
 //!
 //! HTTP/1.1 with keep-alive; `Upgrade: websocket` gets a 101 and then every byte is echoed back,
 //! which is enough to prove the edge passes upgraded connections through in both directions.
+//! `/slow/{ms}` waits that long (at most 60 s) before answering, to test draining.
 
 use std::net::SocketAddr;
 
@@ -87,6 +88,9 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             buffer.extend_from_slice(&chunk[..read]);
         }
         buffer.drain(..length);
+        if let Some(delay) = target.strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
+            tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
+        }
 
         let mut grouped = serde_json::Map::new();
         for (name, value) in &headers {

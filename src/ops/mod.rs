@@ -8,4 +8,5 @@
 pub mod access_log;
 pub mod admin;
 pub mod echo;
+pub mod shutdown;
 pub mod supervisor;

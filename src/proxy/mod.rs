@@ -70,6 +70,8 @@ pub struct RequestContext {
     upstream_started: Option<Instant>,
     connect_attempts: usize,
     rejection: Option<&'static str>,
+    /// Counted as in flight (see [`Shared::request_started`]).
+    counted: bool,
 }
 
 /// What request routing decided.
@@ -252,11 +254,18 @@ impl ProxyHttp for Edge {
             upstream_started: None,
             connect_attempts: 0,
             rejection: None,
+            counted: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, context: &mut RequestContext) -> Result<bool> {
         context.started = Instant::now();
+        self.shared.request_started();
+        context.counted = true;
+        if self.shared.is_draining() {
+            // Shutting down: finish this request, then close the connection.
+            session.set_keepalive(None);
+        }
         context.request_id = self.shared.request_ids.next();
         (context.tls, context.connection) = tls_of(session);
         let runtime = self.shared.runtime();
@@ -392,6 +401,9 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, context: &mut RequestContext) {
+        if std::mem::take(&mut context.counted) {
+            self.shared.request_finished();
+        }
         let elapsed = context.started.elapsed();
         let upstream_elapsed = context.upstream_started.map(|started| started.elapsed());
         let status = session

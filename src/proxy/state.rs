@@ -2,7 +2,7 @@
 //! across reloads (certificates, request ids, the access log).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -82,6 +82,8 @@ pub struct Shared {
     /// Port put in https redirects (443 is left out of the URL).
     https_port: AtomicU16,
     ready: AtomicBool,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -102,6 +104,8 @@ impl Shared {
             http01,
             https_port: AtomicU16::new(https_port),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -121,7 +125,29 @@ impl Shared {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Ready: a configuration is live, every listener accepts, and no shutdown is under way.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A request started (paired with [`Shared::request_finished`]).
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }

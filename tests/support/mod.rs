@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod identity;
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
