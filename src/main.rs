@@ -11,6 +11,7 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
+use vestibule::acme;
 use vestibule::auth::AuthService;
 use vestibule::config::{self, ListenerSettings, Snapshot, Source};
 use vestibule::ops::access_log::AccessLog;
@@ -18,7 +19,7 @@ use vestibule::ops::admin::Admin;
 use vestibule::ops::shutdown::DrainOnTerminate;
 use vestibule::ops::supervisor::{ReloadObserver, Supervisor};
 use vestibule::proxy::Edge;
-use vestibule::proxy::state::{Runtime, Shared};
+use vestibule::proxy::state::{Http01Responder, Runtime, Shared};
 use vestibule::tenancy::HostKind;
 use vestibule::tls::{self, CertificateStore, gate::Gate};
 
@@ -238,14 +239,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let certificates = Arc::new(CertificateStore::new(&snapshot.tls.certificates));
     let auth = Arc::new(AuthService::new(&snapshot.assertion)?);
     let access_log = AccessLog::open(&snapshot.observability.access_log).context("cannot open the access log")?;
-    let gate = Arc::new(Gate::new(certificates.clone(), None, snapshot.tls.client_hello_timeout));
+    let acme = match &snapshot.acme {
+        Some(settings) => Some(
+            acme::Manager::start(settings.clone(), snapshot.clone(), certificates.clone())
+                .context("cannot read the ACME storage")?,
+        ),
+        None => None,
+    };
+    let on_demand = acme.clone().map(|manager| manager as Arc<dyn tls::OnDemand>);
+    let http01 = acme.clone().map(|manager| manager as Arc<dyn Http01Responder>);
+    let gate = Arc::new(Gate::new(
+        certificates.clone(),
+        on_demand,
+        snapshot.tls.client_hello_timeout,
+    ));
     let runtime = Runtime::build(snapshot.clone(), &auth);
     let shared = Arc::new(Shared::new(
         runtime,
         certificates.clone(),
         auth.clone(),
         access_log,
-        None,
+        http01,
         bound.https.port(),
     ));
 
@@ -262,7 +276,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin.add_tcp(&admin_address.to_string());
         server.add_service(admin);
     }
-    let observers: Vec<Arc<dyn ReloadObserver>> = vec![auth];
+    let mut observers: Vec<Arc<dyn ReloadObserver>> = vec![auth];
+    if let Some(manager) = acme {
+        observers.push(manager);
+    }
     let shutdown = DrainOnTerminate::new(
         shared.clone(),
         snapshot.server.grace_period,

@@ -101,6 +101,27 @@ impl IdpClient {
             .map_err(|_| FetchError::Timeout)?
     }
 
+    /// GET `url` and return only its status (the body is discarded, up to [`MAX_BODY`]).
+    pub async fn get_status(&self, url: &str) -> Result<u16, FetchError> {
+        let request = http::Request::get(url)
+            .header("user-agent", concat!("vestibule/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| FetchError::Url(url.to_owned()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| FetchError::Transport(error.to_string()))?;
+            let status = response.status().as_u16();
+            let _ = Limited::new(response.into_body(), MAX_BODY).collect().await;
+            Ok(status)
+        };
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| FetchError::Timeout)?
+    }
+
     /// GET a JSON document; non-2xx is an error.
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Map<String, serde_json::Value>, FetchError> {
         let request = http::Request::get(url)

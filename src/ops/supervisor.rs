@@ -120,6 +120,9 @@ impl Supervisor {
         if old.server != new.server {
             pending.push("server");
         }
+        if format!("{:?}", old.acme) != format!("{:?}", new.acme) || old.assertion != new.assertion {
+            pending.push("acme/assertion");
+        }
         if old.observability.access_log != new.observability.access_log
             || old.observability.log_level != new.observability.log_level
         {

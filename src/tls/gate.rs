@@ -211,7 +211,11 @@ impl PreTlsProcess for Gate {
                 .as_ref()
                 .and_then(|on_demand| on_demand.challenge_certificate(name));
             return match challenge {
-                Some(key) => self.answer_challenge(stream, key).await,
+                Some(key) => {
+                    // The challenge handshake reads the same ClientHello again.
+                    stream.rewind(&buffer);
+                    self.answer_challenge(stream, key).await
+                }
                 None => {
                     self.refuse(stream, Refusal::UnknownServerName, Some(Alert::UnrecognizedName))
                         .await

@@ -10,6 +10,7 @@
 
 pub mod identity;
 pub mod load;
+pub mod pebble;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
