@@ -21,6 +21,8 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(20))
     .backoff(1.5)
     .timeout(Duration::from_secs(40));
+/// How long a shared challenge answer lives in storage.
+const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 /// ACME problem type of an account the CA does not know (RFC 8555 §6.7).
 const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 
@@ -64,16 +66,31 @@ impl Challenges {
         (&*entry.0 == host).then(|| entry.1.to_string())
     }
 
-    fn publish_tls_alpn(&self, name: &str, digest: &[u8]) -> Result<(), IssueError> {
+    /// Storage key under which a TLS-ALPN-01 key authorization is shared.
+    pub fn tls_alpn_key(name: &str) -> String {
+        format!("tls-alpn-01/{name}")
+    }
+
+    /// Storage key under which an HTTP-01 answer is shared.
+    pub fn http_key(token: &str) -> String {
+        format!("http-01/{token}")
+    }
+
+    /// Builds and keeps the TLS-ALPN-01 certificate for `name` from the key authorization's
+    /// SHA-256 digest (RFC 8737 §3).
+    pub fn publish_tls_alpn(&self, name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, IssueError> {
+        if digest.len() != 32 {
+            return Err(IssueError::Server("a key authorization digest is 32 bytes".into()));
+        }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(server)?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(server)?;
         params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
         let certificate = params.self_signed(&key).map_err(server)?;
         let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(server)?;
-        let certified = CertifiedKey::new(vec![certificate.der().clone()], signing);
-        self.tls_alpn.insert(name.into(), Arc::new(certified));
-        Ok(())
+        let certified = Arc::new(CertifiedKey::new(vec![certificate.der().clone()], signing));
+        self.tls_alpn.insert(name.into(), certified.clone());
+        Ok(certified)
     }
 
     fn withdraw(&self, name: &str, token: Option<&str>) {
@@ -160,6 +177,7 @@ impl AcmeIssuer {
         let identifiers = [Identifier::Dns(name.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(map_api)?;
         let mut token = None;
+        let mut shared_keys = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(result) = authorizations.next().await {
             let mut authorization = result.map_err(server)?;
@@ -179,22 +197,38 @@ impl AcmeIssuer {
             };
             let mut challenge = authorization.challenge(wanted).ok_or(IssueError::NoChallenge)?;
             let key_authorization = challenge.key_authorization();
-            match kind {
-                ChallengeKind::TlsAlpn01 => self
-                    .challenges
-                    .publish_tls_alpn(name, key_authorization.digest().as_ref())?,
+            // Published here and in the storage, so whichever instance the CA reaches can answer.
+            let (shared_key, shared_value) = match kind {
+                ChallengeKind::TlsAlpn01 => {
+                    let digest = key_authorization.digest();
+                    self.challenges.publish_tls_alpn(name, digest.as_ref())?;
+                    (Challenges::tls_alpn_key(name), digest.as_ref().to_vec())
+                }
                 ChallengeKind::Http01 => {
                     self.challenges.http.insert(
                         challenge.token.clone().into(),
                         (name.into(), key_authorization.as_str().into()),
                     );
                     token = Some(challenge.token.clone());
+                    let answer = format!("{name}\n{}", key_authorization.as_str());
+                    (Challenges::http_key(&challenge.token), answer.into_bytes())
                 }
+            };
+            if let Err(error) = self
+                .storage
+                .store_challenge(&shared_key, &shared_value, CHALLENGE_TTL)
+                .await
+            {
+                tracing::warn!(%error, "challenge answer not shared; only this instance can answer it");
             }
+            shared_keys.push(shared_key);
             challenge.set_ready().await.map_err(map_api)?;
         }
         let status = order.poll_ready(&POLL).await;
         self.challenges.withdraw(name, token.as_deref());
+        for key in shared_keys {
+            let _ = self.storage.delete_challenge(&key).await;
+        }
         match status {
             Ok(OrderStatus::Ready) => {}
             Ok(other) => {

@@ -421,14 +421,30 @@ impl OnDemand for Manager {
         }
     }
 
-    fn challenge_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.challenges.tls_alpn(name)
+    async fn challenge_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(local) = self.challenges.tls_alpn(name) {
+            return Some(local);
+        }
+        // Another instance may have started this validation: its answer is in the shared storage.
+        let digest = self
+            .storage
+            .load_challenge(&Challenges::tls_alpn_key(name))
+            .await
+            .ok()??;
+        self.challenges.publish_tls_alpn(name, &digest).ok()
     }
 }
 
+#[async_trait]
 impl Http01Responder for Manager {
-    fn key_authorization(&self, host: &str, token: &str) -> Option<String> {
-        self.challenges.http(host, token)
+    async fn key_authorization(&self, host: &str, token: &str) -> Option<String> {
+        if let Some(local) = self.challenges.http(host, token) {
+            return Some(local);
+        }
+        let shared = self.storage.load_challenge(&Challenges::http_key(token)).await.ok()??;
+        let text = String::from_utf8(shared).ok()?;
+        let (name, answer) = text.split_once('\n')?;
+        (name == host).then(|| answer.to_owned())
     }
 }
 

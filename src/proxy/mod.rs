@@ -104,7 +104,10 @@ impl Edge {
             let host = raw_host
                 .and_then(|raw| host::normalize(raw, &mut buffer).ok())
                 .ok_or(Rejection::MissingHost)?;
-            let answer = responder.key_authorization(host, token).ok_or(Rejection::NotFound)?;
+            let answer = responder
+                .key_authorization(host, token)
+                .await
+                .ok_or(Rejection::NotFound)?;
             metrics::global()
                 .acme_challenges_answered
                 .with_label_values(&["http-01"])

@@ -16,9 +16,11 @@ use crate::ops::access_log::AccessLog;
 use crate::tls::CertificateStore;
 
 /// Answers ACME HTTP-01 validations on the plain listener.
+#[async_trait::async_trait]
 pub trait Http01Responder: Send + Sync {
-    /// The key authorization for `token` at `host`, while that validation is pending.
-    fn key_authorization(&self, host: &str, token: &str) -> Option<String>;
+    /// The key authorization for `token` at `host`, while that validation is pending (on any
+    /// instance sharing the storage).
+    async fn key_authorization(&self, host: &str, token: &str) -> Option<String>;
 }
 
 /// Everything derived from one configuration snapshot. Requests hold an `Arc` to the runtime they

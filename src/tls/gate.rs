@@ -206,10 +206,10 @@ impl PreTlsProcess for Gate {
             Some(Ok(name)) => name,
         };
         if hello.acme_tls_only {
-            let challenge = self
-                .on_demand
-                .as_ref()
-                .and_then(|on_demand| on_demand.challenge_certificate(name));
+            let challenge = match &self.on_demand {
+                Some(on_demand) => on_demand.challenge_certificate(name).await,
+                None => None,
+            };
             return match challenge {
                 Some(key) => {
                     // The challenge handshake reads the same ClientHello again.

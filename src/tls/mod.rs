@@ -54,8 +54,9 @@ pub trait OnDemand: Send + Sync {
     /// Must refuse unknown names quickly and without any ACME or storage traffic.
     async fn obtain(&self, name: &str) -> Result<(), OnDemandError>;
 
-    /// The TLS-ALPN-01 challenge certificate while a validation for `name` is pending.
-    fn challenge_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>>;
+    /// The TLS-ALPN-01 challenge certificate while a validation for `name` is pending (on any
+    /// instance sharing the storage).
+    async fn challenge_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>>;
 }
 
 /// Installs ring as the process-wide rustls provider. Idempotent.
