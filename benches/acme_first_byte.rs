@@ -137,12 +137,7 @@ fn main() {
         .stderr()
         .lines()
         .filter(|line| line.contains("login.t1.bench") && line.contains("ACME"))
-        .map(|line| {
-            line.split("vestibule::acme::issuer")
-                .nth(1)
-                .unwrap_or(line)
-                .replace(|c: char| c == '\u{1b}', "")
-        })
+        .map(|line| line.split("vestibule::acme::issuer").nth(1).unwrap_or(line).to_owned())
         .collect();
     println!("  steps of one order (elapsed since the order was created):");
     for step in steps {
