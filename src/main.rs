@@ -238,7 +238,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     server.bootstrap();
 
     let snapshot = Arc::new(snapshot);
-    let certificates = Arc::new(CertificateStore::new(&snapshot.tls.certificates));
+    let certificates = Arc::new(CertificateStore::new(
+        &snapshot.tls.certificates,
+        snapshot.tls.default_server_name.as_deref(),
+    ));
     let auth = Arc::new(AuthService::new(&snapshot.assertion)?);
     let access_log = AccessLog::open(&snapshot.observability.access_log).context("cannot open the access log")?;
     let acme = match &snapshot.acme {

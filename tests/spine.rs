@@ -18,6 +18,11 @@ struct Fixture {
 /// Three applications: a development portal (every host form), a production app, and one whose
 /// upstream is down. Separate certificates per name group so SNI/Host mismatches are detectable.
 fn fixture() -> Fixture {
+    fixture_with("")
+}
+
+/// The fixture with extra keys in its `[tls]` section.
+fn fixture_with(tls_extra: &str) -> Fixture {
     let directory = temp_dir();
     let path = directory.path();
     let pki = Pki::new(path);
@@ -33,6 +38,7 @@ region = "us"
 account = "acct"
 
 [tls]
+{tls_extra}
 certificates = [
   {{ certificate = "{vanity_cert}", private_key = "{vanity_key}" }},
   {{ certificate = "{custom_cert}", private_key = "{custom_key}" }},
@@ -80,6 +86,7 @@ upstream = "http://127.0.0.1:{dead}"
         tenant_key = tenant_key.display(),
         echo = echo.url(),
         dead = dead_port(),
+        tls_extra = tls_extra,
     );
     let edge = Edge::start(path, &config, &pki.ca_path);
     Fixture {
@@ -526,4 +533,24 @@ custom_domain = "login.acme.test"
             .unwrap_or_else(|| panic!("{host}: {stdout}"));
         assert!(line.contains(kind) && line.contains("app_a"), "{line}");
     }
+}
+
+#[test]
+fn clients_without_sni_get_the_default_name_when_one_is_configured() {
+    let Fixture { edge, _directory, .. } = fixture_with("default_server_name = \"login.acme.test\"");
+    let by_ip = |host: &str| {
+        curl(
+            &["-k"],
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("https://127.0.0.1:{}/ip", edge.https.port()),
+            ],
+        )
+    };
+    let response = by_ip("login.acme.test");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.received("x-tenant-id"), ["tnt_acme"]);
+    // The default certificate still has to cover the Host.
+    assert_eq!(by_ip("globex.auth.portal.test").status, 421);
 }

@@ -86,7 +86,7 @@ fn harness(extra_acme: &str, lifetime: Duration) -> Harness {
     let directory = tempfile::tempdir().unwrap();
     let snapshot = snapshot(directory.path(), extra_acme);
     let settings = snapshot.acme.clone().unwrap();
-    let certificates = Arc::new(CertificateStore::new(&[]));
+    let certificates = Arc::new(CertificateStore::new(&[], None));
     let storage = Arc::new(FileStorage::new(settings.storage.clone()));
     let issuer = Arc::new(FakeIssuer {
         calls: AtomicUsize::new(0),

@@ -252,6 +252,9 @@ pub struct TlsSettings {
     pub certificates: Vec<Arc<LoadedCertificate>>,
     /// How long a client may take to send its ClientHello. Default: [`DEFAULT_CLIENT_HELLO_TIMEOUT`].
     pub client_hello_timeout: Duration,
+    /// Name assumed when a client sends no SNI (or an IP literal); none = such clients get
+    /// `unrecognized_name`.
+    pub default_server_name: Option<Box<str>>,
 }
 
 pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);

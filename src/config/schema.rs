@@ -52,6 +52,8 @@ pub struct TlsSection {
     #[serde(default)]
     pub certificates: Vec<CertificateSection>,
     pub client_hello_timeout_ms: Option<u64>,
+    /// Name assumed for ClientHellos without SNI (or with an IP literal, which RFC 6066 forbids).
+    pub default_server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

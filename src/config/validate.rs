@@ -285,9 +285,15 @@ impl Context<'_> {
         if client_hello_timeout.is_zero() || client_hello_timeout > MAX_HANDSHAKE_WAIT {
             problems.add("tls.client_hello_timeout_ms", "must be between 1 ms and 50 s");
         }
+        let default_server_name = section.default_server_name.as_deref().and_then(|name| {
+            canonical_domain(name)
+                .map_err(|error| problems.add("tls.default_server_name", error.to_string()))
+                .ok()
+        });
         TlsSettings {
             certificates,
             client_hello_timeout,
+            default_server_name,
         }
     }
 

@@ -102,7 +102,9 @@ impl Supervisor {
 
     fn apply(&self, snapshot: Arc<Snapshot>) {
         let runtime = Runtime::build(snapshot.clone(), &self.shared.auth);
-        self.shared.certificates.replace_configured(&snapshot.tls.certificates);
+        self.shared
+            .certificates
+            .replace_configured(&snapshot.tls.certificates, snapshot.tls.default_server_name.as_deref());
         self.gate.set_client_hello_timeout(snapshot.tls.client_hello_timeout);
         Self::start_health_checks(&runtime);
         self.shared.swap(runtime);

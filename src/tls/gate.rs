@@ -188,11 +188,15 @@ impl PreTlsProcess for Gate {
             Err(refusal) => return self.refuse(stream, refusal, None).await,
         };
         let mut name_buffer = [0u8; host::MAX_NAME_LENGTH + 2];
-        let name = match hello
+        // An IP literal is not a server name (RFC 6066 §3): treated as no SNI, as rustls does.
+        let raw_name = hello
             .server_name
             .as_deref()
-            .map(|raw| host::normalize(raw, &mut name_buffer))
-        {
+            .filter(|raw| std::str::from_utf8(raw).map_or(true, |text| text.parse::<std::net::IpAddr>().is_err()));
+        let default_name = self.store.default_name();
+        let name = match raw_name.map(|raw| host::normalize(raw, &mut name_buffer)) {
+            Some(Ok(name)) => name,
+            None if !hello.acme_tls_only && default_name.is_some() => default_name.as_deref().unwrap_or_default(),
             None => {
                 return self
                     .refuse(stream, Refusal::NoServerName, Some(Alert::UnrecognizedName))
@@ -203,7 +207,6 @@ impl PreTlsProcess for Gate {
                     .refuse(stream, Refusal::UnknownServerName, Some(Alert::UnrecognizedName))
                     .await;
             }
-            Some(Ok(name)) => name,
         };
         if hello.acme_tls_only {
             let challenge = match &self.on_demand {

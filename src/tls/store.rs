@@ -24,11 +24,16 @@ struct Configured {
     exact: Map<Arc<LoadedCertificate>>,
     /// `*.auth.portal.io` is stored under `auth.portal.io`.
     wildcard: Map<Arc<LoadedCertificate>>,
+    /// Name assumed for clients that send no usable SNI.
+    default_name: Option<Box<str>>,
 }
 
 impl Configured {
-    fn new(certificates: &[Arc<LoadedCertificate>]) -> Self {
-        let mut configured = Configured::default();
+    fn new(certificates: &[Arc<LoadedCertificate>], default_name: Option<&str>) -> Self {
+        let mut configured = Configured {
+            default_name: default_name.map(Into::into),
+            ..Configured::default()
+        };
         for certificate in certificates {
             for name in certificate.names.iter() {
                 let (map, key) = match name.strip_prefix("*.") {
@@ -52,15 +57,16 @@ pub struct CertificateStore {
 }
 
 impl CertificateStore {
-    pub fn new(certificates: &[Arc<LoadedCertificate>]) -> Self {
+    pub fn new(certificates: &[Arc<LoadedCertificate>], default_name: Option<&str>) -> Self {
         let store = CertificateStore::default();
-        store.replace_configured(certificates);
+        store.replace_configured(certificates, default_name);
         store
     }
 
     /// Installs the certificates of a new configuration snapshot.
-    pub fn replace_configured(&self, certificates: &[Arc<LoadedCertificate>]) {
-        self.configured.store(Arc::new(Configured::new(certificates)));
+    pub fn replace_configured(&self, certificates: &[Arc<LoadedCertificate>], default_name: Option<&str>) {
+        self.configured
+            .store(Arc::new(Configured::new(certificates, default_name)));
         for certificate in certificates {
             metrics::global().record_certificate(certificate, "configured");
         }
@@ -78,6 +84,11 @@ impl CertificateStore {
         }
         let (_, parent) = name.split_once('.')?;
         configured.wildcard.get(parent).cloned()
+    }
+
+    /// The name assumed for a client without usable SNI, if configured.
+    pub fn default_name(&self) -> Option<Box<str>> {
+        self.configured.load().default_name.clone()
     }
 
     /// Whether a configured file (exact or wildcard) covers `name`; such names never need ACME.
@@ -119,8 +130,13 @@ impl std::fmt::Debug for CertificateStore {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(server_name) = hello.server_name() else {
+            // No SNI (or an IP literal, which rustls drops): the configured default, if any.
+            let default = self.0.default_name()?;
+            return self.0.lookup(&default).map(|found| found.key.clone());
+        };
         let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
-        let name = host::normalize(hello.server_name()?.as_bytes(), &mut buffer).ok()?;
+        let name = host::normalize(server_name.as_bytes(), &mut buffer).ok()?;
         self.0.lookup(name).map(|found| found.key.clone())
     }
 }
@@ -145,7 +161,14 @@ impl TlsAccept for HandshakeObserver {
         let version = tls.version().unwrap_or("unknown");
         metrics::global().tls_handshakes.with_label_values(&[version]).inc();
         let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
-        let name = host::normalize(tls.server_name()?.as_bytes(), &mut buffer).ok()?;
+        let default;
+        let name = match tls.server_name() {
+            Some(server_name) => host::normalize(server_name.as_bytes(), &mut buffer).ok()?,
+            None => {
+                default = self.0.default_name()?;
+                &default
+            }
+        };
         let certificate = self.0.lookup(name)?;
         // The extension holds an `Arc<ConnectionTls>` so each request can keep it by refcount.
         let connection = Arc::new(ConnectionTls {
