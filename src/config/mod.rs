@@ -231,7 +231,14 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: PathBuf,
     pub upgrade_socket: PathBuf,
+    /// Work-stealing runtime (tasks move between threads) or one single-threaded runtime per
+    /// thread (cheaper per request; connections stay on the thread that accepted them).
+    /// Default: [`DEFAULT_WORK_STEALING`].
+    pub work_stealing: bool,
 }
+
+/// Single-threaded runtimes measured cheaper per request (see benches/README.md).
+pub const DEFAULT_WORK_STEALING: bool = false;
 
 /// 0 means "one per available core".
 pub const DEFAULT_THREADS: usize = 0;

@@ -28,6 +28,7 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout_seconds: Option<u64>,
     pub pid_file: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub work_stealing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,7 @@ impl Context<'_> {
             pid_file: section
                 .pid_file
                 .map_or_else(|| PathBuf::from(DEFAULT_PID_FILE), |p| self.path(&p)),
+            work_stealing: section.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
             upgrade_socket: section
                 .upgrade_socket
                 .map_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCKET), |p| self.path(&p)),

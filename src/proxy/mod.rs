@@ -241,6 +241,11 @@ impl Edge {
 impl ProxyHttp for Edge {
     type CTX = RequestContext;
 
+    /// No downstream modules: pingora's default is a disabled compression module that still runs
+    /// on every response. The edge never compresses (BREACH-style leaks of identity-bearing
+    /// responses are the upstream's call).
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestContext {
         RequestContext {
             started: Instant::now(),
