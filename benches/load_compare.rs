@@ -244,6 +244,7 @@ account = "acct"
 [tls]
 certificates = [{{ certificate = "{cert}", private_key = "{key}" }}]
 default_server_name = "{HOST}"
+{read_buffer}
 
 [observability]
 access_log = "off"
@@ -263,6 +264,9 @@ domain_name = "acme"
         dir = directory.display(),
         cert = cert.display(),
         key = key.display(),
+        read_buffer = arguments_value("--read-buffer")
+            .map(|bytes| format!("read_buffer_bytes = {bytes}"))
+            .unwrap_or_default(),
     );
     let path = directory.join("vestibule.toml");
     std::fs::write(&path, config).unwrap();
@@ -661,7 +665,16 @@ fn main() {
     if let Some(kind) = &options.profile {
         let output = path.join("perf.data");
         let mut perf = Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "4000", "-o"])
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "2000",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
             .arg(&output)
             .arg("-p")
             .arg(proxies[0].child.id().to_string())

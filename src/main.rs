@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::Server;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::services::background::background_service;
@@ -72,6 +73,9 @@ struct RunArgs {
 
 /// mimalloc: per-request allocation is a measured share of the proxy's CPU time (glibc malloc
 /// took ~15% of the keep-alive profile; see benches/README.md).
+/// Build with `--features system-allocator` for heap profilers (valgrind massif, dhat) that
+/// only see the system allocator.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -275,7 +279,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
 
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Edge::new(shared.clone()));
-    proxy.add_tls_with_settings(&bound.https.to_string(), None, tls::listener_settings(certificates));
+    // A small socket read buffer per connection: rustls buffers records itself, and pingora's
+    // 64 KiB default cost ~64 KiB of memory per idle connection (see benches/README.md).
+    let buffers = L4BufferSettings::new(
+        snapshot.tls.read_buffer_bytes,
+        pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
+    proxy.add_listener(
+        ListenerConfig::tcp(bound.https.to_string())
+            .tls(tls::listener_settings(certificates))
+            .l4_buffer(buffers),
+    );
     if let Some(http) = bound.http {
         proxy.add_tcp(&http.to_string());
     }

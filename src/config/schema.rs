@@ -55,6 +55,7 @@ pub struct TlsSection {
     pub client_hello_timeout_ms: Option<u64>,
     /// Name assumed for ClientHellos without SNI (or with an IP literal, which RFC 6066 forbids).
     pub default_server_name: Option<String>,
+    pub read_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -291,10 +291,15 @@ impl Context<'_> {
                 .map_err(|error| problems.add("tls.default_server_name", error.to_string()))
                 .ok()
         });
+        let read_buffer_bytes = section.read_buffer_bytes.unwrap_or(DEFAULT_TLS_READ_BUFFER);
+        if !(1024..=1 << 20).contains(&read_buffer_bytes) {
+            problems.add("tls.read_buffer_bytes", "must be between 1024 and 1048576");
+        }
         TlsSettings {
             certificates,
             client_hello_timeout,
             default_server_name,
+            read_buffer_bytes,
         }
     }
 
