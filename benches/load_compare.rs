@@ -717,7 +717,11 @@ fn main() {
         options.rounds, options.duration
     );
     let mut summary = Vec::new();
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     for (name, test) in &tests {
+        if only.as_deref().is_some_and(|wanted| !name.contains(wanted)) {
+            continue;
+        }
         println!("## {name}");
         println!("| round | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |");
         println!("|---|---|---|---|---|---|---|");
