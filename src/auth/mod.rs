@@ -400,22 +400,19 @@ impl AuthService {
 
     /// Drops key caches no application of `snapshot` uses any more.
     fn prune(&self, snapshot: &Snapshot) {
-        let used: Vec<Origin> = snapshot
+        let used: std::collections::HashSet<Origin> = snapshot
             .applications
             .iter()
-            .filter_map(|application| application.identity.as_ref())
-            .flat_map(|provider| {
+            .filter_map(|application| Some((application, application.identity.as_ref()?)))
+            .flat_map(|(application, provider)| {
                 let (url, discovery) = match &provider.keys {
                     KeyConfig::Jwks(url) => (url, false),
                     KeyConfig::Discovery(url) => (url, true),
                 };
                 let mut origins = Vec::new();
+                // Per-tenant key URLs: only this application's tenants can have used them.
                 let domains: Vec<Option<&str>> = if url.has_token() {
-                    snapshot
-                        .applications
-                        .iter()
-                        .flat_map(|a| a.tenants.iter().map(|t| Some(&*t.domain_name)))
-                        .collect()
+                    application.tenants.iter().map(|t| Some(&*t.domain_name)).collect()
                 } else {
                     vec![None]
                 };

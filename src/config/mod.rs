@@ -414,7 +414,7 @@ impl ChallengeKind {
 }
 
 /// On-demand certificates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcmeSettings {
     pub directory_url: String,
     pub contact: Vec<String>,

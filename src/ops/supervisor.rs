@@ -122,7 +122,7 @@ impl Supervisor {
         if old.server != new.server {
             pending.push("server");
         }
-        if format!("{:?}", old.acme) != format!("{:?}", new.acme) || old.assertion != new.assertion {
+        if old.acme != new.acme || old.assertion != new.assertion {
             pending.push("acme/assertion");
         }
         if old.observability.access_log != new.observability.access_log

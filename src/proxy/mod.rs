@@ -94,16 +94,16 @@ impl Edge {
         runtime: &Runtime,
     ) -> std::result::Result<Step, Rejection> {
         let request = session.req_header();
+        let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
+        let raw_host = authority
+            .or_else(|| request.headers.get(http::header::HOST).map(HeaderValue::as_bytes))
+            .ok_or(Rejection::MissingHost)?;
+        let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
+        let host = host::normalize(raw_host, &mut buffer).map_err(Rejection::BadHost)?;
         if !context.tls
             && let Some(token) = request.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX)
             && let Some(responder) = &self.shared.http01
         {
-            let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
-            let raw_host = authority.or_else(|| request.headers.get(http::header::HOST).map(HeaderValue::as_bytes));
-            let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
-            let host = raw_host
-                .and_then(|raw| host::normalize(raw, &mut buffer).ok())
-                .ok_or(Rejection::MissingHost)?;
             let answer = responder
                 .key_authorization(host, token)
                 .await
@@ -122,13 +122,6 @@ impl Edge {
             .map_err(|_| Rejection::NotFound)?;
             return Ok(Step::Answered);
         }
-
-        let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
-        let raw_host = authority
-            .or_else(|| request.headers.get(http::header::HOST).map(HeaderValue::as_bytes))
-            .ok_or(Rejection::MissingHost)?;
-        let mut buffer = [0u8; host::MAX_NAME_LENGTH + 2];
-        let host = host::normalize(raw_host, &mut buffer).map_err(Rejection::BadHost)?;
         if context.tls {
             // Fail closed: a TLS connection without a known certificate serves nothing.
             let covered = context
