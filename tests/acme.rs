@@ -1,5 +1,6 @@
 //! On-demand certificates against a real ACME server (Pebble): first handshakes, bursts,
-//! refusals, restarts, CA outages, both challenge types with real validation, renewal.
+//! refusals, restarts, CA outages, both challenge types with real validation, renewal, and
+//! several instances sharing certificates, locks and challenge answers through a real Redis.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::pebble::{MockDns, Pebble, PebbleOptions};
+use support::redis::Redis;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -445,4 +447,197 @@ fn short_lived_certificates_renew_without_a_failed_request() {
     assert!(failures.is_empty(), "{failures:?}");
     assert!(served > 50);
     assert!(metric_value(&edge.metrics(), r#"vestibule_acme_renewals_total{result="success"}"#).unwrap() >= 1.0);
+}
+
+/// An edge of a group sharing `redis`, with its own directory (and so its own local storage).
+fn shared_edge(world: &World, redis: &Redis, instance: &str, https_port: u16) -> Edge {
+    let directory = world.directory.path().join(instance);
+    std::fs::create_dir_all(&directory).unwrap();
+    let text = edge_config(
+        &directory,
+        &world.pebble,
+        https_port,
+        0,
+        &world.echo,
+        &format!("redis_url = \"{}\"\nredis_key_prefix = \"group-1\"", redis.url()),
+    );
+    Edge::start(&directory, &text, &world.pki.ca_path)
+}
+
+#[test]
+fn instances_sharing_redis_order_each_name_once_and_serve_the_same_certificate() {
+    let world = world(&PebbleOptions::default());
+    let redis = Redis::start(world.directory.path());
+    let a = shared_edge(&world, &redis, "a", 0);
+    let b = shared_edge(&world, &redis, "b", 0);
+    let runtime = runtime();
+    let roots = world.pebble.root_store();
+    let orders_before = world.pebble.orders();
+    const NAMES: usize = 10;
+    let results = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for index in 0..NAMES {
+            for https in [a.https, b.https, a.https, b.https] {
+                let roots = roots.clone();
+                tasks.push(tokio::spawn(async move {
+                    (index, https, fetch(https, &tenant_domain(index), roots).await)
+                }));
+            }
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    });
+    let failed: Vec<_> = results.iter().filter(|(_, _, r)| !matches!(r, Ok((_, 200)))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} handshakes failed: {failed:?}\nA:\n{}\nB:\n{}",
+        failed.len(),
+        a.stderr(),
+        b.stderr()
+    );
+    assert_eq!(
+        world.pebble.orders() - orders_before,
+        NAMES,
+        "one order per name across both instances"
+    );
+    assert_eq!(
+        orders_metric(&a, "success") + orders_metric(&b, "success"),
+        NAMES as f64
+    );
+    for index in 0..NAMES {
+        let leaves: Vec<&Vec<u8>> = results
+            .iter()
+            .filter(|(i, _, _)| *i == index)
+            .map(|(_, _, result)| &result.as_ref().unwrap().0)
+            .collect();
+        assert!(
+            leaves.windows(2).all(|pair| pair[0] == pair[1]),
+            "both instances serve the one certificate of {}",
+            tenant_domain(index)
+        );
+    }
+    assert_eq!(redis.cli(&["SCARD", "group-1:certificates"]), NAMES.to_string());
+    assert_eq!(redis.cli(&["EXISTS", "group-1:account"]), "1", "one shared account");
+    assert_eq!(
+        redis.cli(&["KEYS", "group-1:lock:*"]),
+        "",
+        "every issuance lock released"
+    );
+
+    // A new instance with empty local storage serves every name from Redis from the start.
+    let c = shared_edge(&world, &redis, "c", 0);
+    let orders_before = world.pebble.orders();
+    for index in 0..NAMES {
+        let (leaf, status) = runtime
+            .block_on(fetch(c.https, &tenant_domain(index), roots.clone()))
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            &leaf,
+            &results
+                .iter()
+                .find(|(i, _, _)| *i == index)
+                .unwrap()
+                .2
+                .as_ref()
+                .unwrap()
+                .0
+        );
+    }
+    assert_eq!(world.pebble.orders(), orders_before, "no new order");
+    assert!(c.stderr().contains(&format!("certificates={NAMES}")), "{}", c.stderr());
+}
+
+#[test]
+fn a_validation_is_answered_by_the_instance_that_did_not_order() {
+    let dns = MockDns::start();
+    let validated_port = free_port();
+    // Pebble validates TLS-ALPN-01 against instance A only; the order starts on instance B.
+    let options = PebbleOptions {
+        always_valid: false,
+        http_port: dead_port(),
+        tls_port: validated_port,
+        dns: Some(dns.address),
+        validity_seconds: None,
+    };
+    let world = world(&options);
+    let redis = Redis::start(world.directory.path());
+    let a = shared_edge(&world, &redis, "a", validated_port);
+    let b = shared_edge(&world, &redis, "b", 0);
+    let runtime = runtime();
+    let result = runtime.block_on(fetch(b.https, &tenant_domain(0), world.pebble.root_store()));
+    assert!(
+        matches!(result, Ok((_, 200))),
+        "{result:?}\nA:\n{}\nB:\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    let answered = |edge: &Edge| {
+        metric_value(
+            &edge.metrics(),
+            r#"vestibule_acme_challenges_answered_total{challenge="tls-alpn-01"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(answered(&a) >= 1.0, "A answered from Redis");
+    assert_eq!(answered(&b), 0.0, "B never saw the validation");
+    assert_eq!(orders_metric(&a, "success"), 0.0);
+    assert_eq!(orders_metric(&b, "success"), 1.0);
+    assert_eq!(
+        redis.cli(&["KEYS", "group-1:challenge:*"]),
+        "",
+        "answers withdrawn after the order"
+    );
+}
+
+#[test]
+fn a_redis_outage_keeps_certificates_serving_and_recovers() {
+    let world = world(&PebbleOptions::default());
+    let mut redis = Redis::start(world.directory.path());
+    let a = shared_edge(&world, &redis, "a", 0);
+    let runtime = runtime();
+    let roots = world.pebble.root_store();
+    let (issued, status) = runtime
+        .block_on(fetch(a.https, &tenant_domain(0), roots.clone()))
+        .unwrap();
+    assert_eq!(status, 200);
+
+    redis.stop();
+    let orders_before = world.pebble.orders();
+    let (leaf, status) = runtime
+        .block_on(fetch(a.https, &tenant_domain(0), roots.clone()))
+        .unwrap();
+    assert_eq!(
+        (leaf == issued, status),
+        (true, 200),
+        "existing certificate keeps serving"
+    );
+    // No shared lock, no order: a new name fails cleanly with an alert.
+    let refused = runtime.block_on(fetch(a.https, &tenant_domain(1), roots.clone()));
+    assert!(
+        matches!(&refused, Err(error) if error.to_string().contains("InternalError")),
+        "{refused:?}"
+    );
+    assert_eq!(world.pebble.orders(), orders_before, "no order without the lock");
+    assert!(a.stderr().contains("redis"), "{}", a.stderr());
+
+    // A restart during the outage still serves what this instance issued (its local copy).
+    drop(a);
+    let a = shared_edge(&world, &redis, "a", 0);
+    let (leaf, _) = runtime
+        .block_on(fetch(a.https, &tenant_domain(0), roots.clone()))
+        .unwrap();
+    assert_eq!(leaf, issued);
+
+    redis.run();
+    let recovered = eventually(Duration::from_secs(15), || {
+        matches!(
+            runtime.block_on(fetch(a.https, &tenant_domain(1), roots.clone())),
+            Ok((_, 200))
+        )
+    });
+    assert!(recovered, "{}", a.stderr());
 }

@@ -76,9 +76,16 @@ impl Challenges {
         format!("http-01/{token}")
     }
 
-    /// Builds and keeps the TLS-ALPN-01 certificate for `name` from the key authorization's
-    /// SHA-256 digest (RFC 8737 §3).
+    /// Builds and keeps the TLS-ALPN-01 certificate for `name` (this instance's own validation).
     pub fn publish_tls_alpn(&self, name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, IssueError> {
+        let certified = Self::tls_alpn_certificate(name, digest)?;
+        self.tls_alpn.insert(name.into(), certified.clone());
+        Ok(certified)
+    }
+
+    /// The TLS-ALPN-01 certificate for `name` from the key authorization's SHA-256 digest
+    /// (RFC 8737 §3).
+    pub fn tls_alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, IssueError> {
         if digest.len() != 32 {
             return Err(IssueError::Server("a key authorization digest is 32 bytes".into()));
         }
@@ -88,9 +95,7 @@ impl Challenges {
         let certificate = params.self_signed(&key).map_err(server)?;
         let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(server)?;
-        let certified = Arc::new(CertifiedKey::new(vec![certificate.der().clone()], signing));
-        self.tls_alpn.insert(name.into(), certified.clone());
-        Ok(certified)
+        Ok(Arc::new(CertifiedKey::new(vec![certificate.der().clone()], signing)))
     }
 
     fn withdraw(&self, name: &str, token: Option<&str>) {

@@ -13,11 +13,14 @@
 //!   and exponential per-name backoff after a failure — all visible in metrics.
 //! - **Storage.** Issued certificates are written durably before they are served, loaded at
 //!   start-up, and survive restarts and reloads; the ACME account is created once and stored.
+//!   With Redis ([`redis`]), a group of instances shares certificates, account, issuance locks
+//!   and challenge answers: one order per name for the whole group.
 //! - **Renewal.** A background task renews a certificate once `renewal_fraction` of its lifetime
 //!   is left (or inside the CA's ACME Renewal Information window when offered); a failed renewal
 //!   keeps serving the still-valid certificate and retries with backoff.
 
 pub mod issuer;
+pub mod redis;
 pub mod storage;
 
 use std::collections::VecDeque;
@@ -74,6 +77,41 @@ pub struct Manager {
     renewing: AtomicBool,
 }
 
+/// Every certificate in Redis, read with a runtime of its own (start-up runs before the server's);
+/// its connection ends with it.
+fn load_shared(
+    settings: &crate::config::RedisSettings,
+) -> Result<Vec<(String, StoredCertificate)>, storage::StorageError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| storage::StorageError::Task(error.to_string()))?;
+    runtime.block_on(redis::RedisStorage::new(settings.clone()).load_all())
+}
+
+/// Per name, the stored certificate that expires last (local copies and shared ones may differ
+/// after another instance renewed).
+fn newest_of(
+    local: Vec<(String, StoredCertificate)>,
+    shared: Vec<(String, StoredCertificate)>,
+) -> Vec<(String, StoredCertificate)> {
+    let not_after = |stored: &StoredCertificate| {
+        LoadedCertificate::from_pem(stored.chain_pem.as_bytes(), stored.key_pem.as_bytes())
+            .map_or(i64::MIN, |loaded| loaded.not_after)
+    };
+    let mut newest: std::collections::HashMap<String, (i64, StoredCertificate)> = std::collections::HashMap::new();
+    for (name, stored) in local.into_iter().chain(shared) {
+        let expiry = not_after(&stored);
+        match newest.get(&name) {
+            Some((kept, _)) if *kept >= expiry => {}
+            _ => {
+                newest.insert(name, (expiry, stored));
+            }
+        }
+    }
+    newest.into_iter().map(|(name, (_, stored))| (name, stored)).collect()
+}
+
 fn refuse(reason: &'static str) -> OnDemandError {
     metrics::global().acme_refusals.with_label_values(&[reason]).inc();
     OnDemandError::NotAllowed
@@ -113,16 +151,30 @@ impl Manager {
         })
     }
 
-    /// The usual wiring: filesystem storage under `settings.storage`, the ACME CA, and every
-    /// stored certificate served from the start.
+    /// The usual wiring: filesystem storage under `settings.storage` (with Redis in front when
+    /// `redis` is set), the ACME CA, and every stored certificate served from the start.
+    /// Called before the server's runtimes exist.
     pub fn start(
         settings: AcmeSettings,
         snapshot: Arc<Snapshot>,
         certificates: Arc<CertificateStore>,
     ) -> Result<Arc<Self>, storage::StorageError> {
         let files = FileStorage::new(settings.storage.clone());
-        let stored = files.load_all()?;
-        let storage: Arc<dyn Storage> = Arc::new(files);
+        let mut stored = files.load_all()?;
+        let storage: Arc<dyn Storage> = match &settings.redis {
+            None => Arc::new(files),
+            Some(redis_settings) => {
+                match load_shared(redis_settings) {
+                    Ok(shared) => stored = newest_of(stored, shared),
+                    // Start anyway: the local copies serve, Redis is retried on the next use.
+                    Err(error) => tracing::warn!(%error, "shared certificates (Redis) not loaded at start"),
+                }
+                Arc::new(redis::TieredStorage {
+                    local: files,
+                    shared: redis::RedisStorage::new(redis_settings.clone()),
+                })
+            }
+        };
         let challenges = Arc::new(Challenges::default());
         let issuer = Arc::new(AcmeIssuer::new(settings.clone(), storage.clone(), challenges.clone()));
         let manager = Self::new(settings, snapshot, certificates, storage, issuer, challenges);
@@ -426,12 +478,13 @@ impl OnDemand for Manager {
             return Some(local);
         }
         // Another instance may have started this validation: its answer is in the shared storage.
+        // Built for this handshake only: that instance, not this one, withdraws it.
         let digest = self
             .storage
             .load_challenge(&Challenges::tls_alpn_key(name))
             .await
             .ok()??;
-        self.challenges.publish_tls_alpn(name, &digest).ok()
+        Challenges::tls_alpn_certificate(name, &digest).ok()
     }
 }
 

@@ -1,9 +1,9 @@
 //! Where issued certificates, the ACME account and issuance locks live.
 //!
 //! [`Storage`] is the seam: the filesystem ([`FileStorage`], the default, under `certs/acme/`)
-//! serves one instance; a shared backend (Redis) implements the same trait for several — it must
-//! make `lock` exclusive across instances and `store_challenge`/`load_challenge` visible to all of
-//! them, so whichever instance the CA reaches can answer a validation.
+//! serves one instance; the shared backend ([`super::redis`]) implements the same trait for
+//! several — it makes `lock` exclusive across instances and `store_challenge`/`load_challenge`
+//! visible to all of them, so whichever instance the CA reaches can answer a validation.
 //!
 //! Durability: every write goes to a temporary file in the same directory, is fsynced, renamed
 //! over the target and the directory fsynced, so a crash leaves the old file or the new one, never
@@ -27,6 +27,8 @@ pub enum StorageError {
     UnsafeName(String),
     #[error("the storage task failed: {0}")]
     Task(String),
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// A certificate as stored: PEM chain (leaf first) and PEM private key.
@@ -64,7 +66,7 @@ pub trait Storage: Send + Sync {
 }
 
 /// Names are normalized DNS names; anything else never becomes a path.
-fn checked(name: &str) -> Result<&str, StorageError> {
+pub(crate) fn checked(name: &str) -> Result<&str, StorageError> {
     let safe = !name.is_empty()
         && name.len() <= crate::tenancy::host::MAX_NAME_LENGTH
         && name

@@ -422,8 +422,8 @@ pub struct AcmeSettings {
     pub ca_root: Option<PathBuf>,
     /// Default: `certs/acme` beside the configuration's parent directory ([`DEFAULT_ACME_STORAGE`]).
     pub storage: PathBuf,
-    /// Shared storage and locks for several instances.
-    pub redis_url: Option<String>,
+    /// Shared storage, issuance locks and challenge answers for several instances.
+    pub redis: Option<RedisSettings>,
     /// In order of preference; the next is tried when one fails. Default: TLS-ALPN-01, HTTP-01.
     pub challenges: Vec<ChallengeKind>,
     /// Default: [`DEFAULT_MAX_CONCURRENT_ORDERS`].
@@ -440,6 +440,35 @@ pub struct AcmeSettings {
     pub renewal_fraction: f64,
 }
 
+/// Where several instances share certificates, the account, locks and challenge answers.
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: u32,
+    /// Every key starts with `{key_prefix}:`. Default: [`DEFAULT_REDIS_KEY_PREFIX`].
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    // The password never reaches a log line.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RedisSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "vestibule";
 pub const DEFAULT_ACME_STORAGE: &str = "../certs/acme";
 pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 32;
 pub const DEFAULT_ORDERS_PER_MINUTE: u32 = 300;

@@ -124,6 +124,7 @@ pub struct AcmeSection {
     pub ca_root: Option<String>,
     pub storage: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_key_prefix: Option<String>,
     pub challenges: Option<Vec<String>>,
     pub max_concurrent_orders: Option<usize>,
     pub orders_per_minute: Option<u32>,

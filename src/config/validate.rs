@@ -419,17 +419,34 @@ impl Context<'_> {
                 "must not be less than failure_backoff_initial_seconds",
             );
         }
-        if let Some(redis) = &section.redis_url
-            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        let key_prefix = section
+            .redis_key_prefix
+            .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_owned());
+        if key_prefix.is_empty()
+            || key_prefix.len() > 64
+            || !key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
         {
-            problems.add("acme.redis_url", "must be a redis:// or rediss:// URL");
+            problems.add(
+                "acme.redis_key_prefix",
+                "must be 1 to 64 characters of letters, digits, `_`, `-`, `.` or `:`",
+            );
         }
+        let redis = match section.redis_url.as_deref().map(|url| redis_settings(url, key_prefix)) {
+            None => None,
+            Some(Ok(settings)) => Some(settings),
+            Some(Err(message)) => {
+                problems.add("acme.redis_url", message);
+                None
+            }
+        };
         (problems.len() == before).then(|| AcmeSettings {
             directory_url: section.directory_url,
             contact: section.contact,
             ca_root,
             storage: self.path(section.storage.as_deref().unwrap_or(DEFAULT_ACME_STORAGE)),
-            redis_url: section.redis_url,
+            redis,
             challenges,
             max_concurrent_orders,
             orders_per_minute,
@@ -1073,5 +1090,129 @@ fn host_table(zone: &VanityZone, applications: &[Application], problems: &mut Pr
             }
             None
         }
+    }
+}
+
+/// `redis://[[username]:password@]host[:port][/database]`. Messages never repeat the URL: it may
+/// carry a password.
+fn redis_settings(text: &str, key_prefix: String) -> Result<RedisSettings, String> {
+    let url = url::Url::parse(text).map_err(|error| format!("not a URL ({error})"))?;
+    match url.scheme() {
+        "redis" => {}
+        "rediss" => {
+            return Err(
+                "TLS to Redis (rediss://) is not supported; reach Redis over a private network or a local TLS tunnel"
+                    .into(),
+            );
+        }
+        _ => return Err("must be a redis:// URL".into()),
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(name)) if !name.is_empty() => name.to_owned(),
+        Some(url::Host::Ipv4(address)) => address.to_string(),
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        _ => return Err("needs a host".into()),
+    };
+    let decode = |part: &str| {
+        percent_decode(part).ok_or_else(|| "the user information is not valid percent-encoded UTF-8".to_owned())
+    };
+    let username = (!url.username().is_empty())
+        .then(|| decode(url.username()))
+        .transpose()?;
+    let password = url.password().map(decode).transpose()?;
+    let database = match url.path().trim_start_matches('/') {
+        "" => 0,
+        number => number
+            .parse()
+            .map_err(|_| "the path must be a database number (`/0`)".to_owned())?,
+    };
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("takes no query or fragment".into());
+    }
+    Ok(RedisSettings {
+        host,
+        port: url.port().unwrap_or(DEFAULT_REDIS_PORT),
+        username,
+        password,
+        database,
+        key_prefix,
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme_config(extra: &str) -> String {
+        format!(
+            "{}\n[acme]\ndirectory_url = \"https://127.0.0.1:14000/dir\"\n{extra}\n",
+            crate::config::tests_support::MINIMAL
+        )
+    }
+
+    #[test]
+    fn redis_urls_parse_into_settings_and_never_show_the_password() {
+        let settings = redis_settings("redis://edge:s%40cret@cache.internal:6380/2", "vb".into()).unwrap();
+        assert_eq!(settings.host, "cache.internal");
+        assert_eq!(settings.port, 6380);
+        assert_eq!(settings.username.as_deref(), Some("edge"));
+        assert_eq!(settings.password.as_deref(), Some("s@cret"));
+        assert_eq!(settings.database, 2);
+        assert!(!format!("{settings:?}").contains("cret"));
+
+        let plain = redis_settings("redis://127.0.0.1", DEFAULT_REDIS_KEY_PREFIX.into()).unwrap();
+        assert_eq!(
+            (plain.port, plain.database, plain.password),
+            (DEFAULT_REDIS_PORT, 0, None)
+        );
+        let password_only = redis_settings("redis://:pw@[::1]:7000", "p".into()).unwrap();
+        assert_eq!((password_only.host.as_str(), password_only.username), ("::1", None));
+
+        for bad in [
+            "rediss://h",
+            "http://h",
+            "redis://",
+            "redis://h/x",
+            "redis://h/0?x=1",
+            "not a url",
+        ] {
+            assert!(redis_settings(bad, "p".into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redis_errors_have_key_paths_and_hide_the_url() {
+        let text = acme_config("redis_url = \"rediss://:hunter2@cache:6379\"\nredis_key_prefix = \"has space\"");
+        let error = crate::config::parse(&text, &crate::config::Source::Embedded)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("acme.redis_url"), "{error}");
+        assert!(error.contains("acme.redis_key_prefix"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+
+        let good = acme_config("redis_url = \"redis://127.0.0.1:6379/1\"");
+        let snapshot = crate::config::parse(&good, &crate::config::Source::Embedded).unwrap();
+        let redis = snapshot.acme.unwrap().redis.unwrap();
+        assert_eq!(
+            (redis.database, redis.key_prefix.as_str()),
+            (1, DEFAULT_REDIS_KEY_PREFIX)
+        );
     }
 }

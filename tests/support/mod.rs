@@ -11,6 +11,7 @@
 pub mod identity;
 pub mod load;
 pub mod pebble;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
