@@ -451,13 +451,17 @@ fn short_lived_certificates_renew_without_a_failed_request() {
 
 /// An edge of a group sharing `redis`, with its own directory (and so its own local storage).
 fn shared_edge(world: &World, redis: &Redis, instance: &str, https_port: u16) -> Edge {
+    shared_edge_on(world, redis, instance, https_port, 0)
+}
+
+fn shared_edge_on(world: &World, redis: &Redis, instance: &str, https_port: u16, http_port: u16) -> Edge {
     let directory = world.directory.path().join(instance);
     std::fs::create_dir_all(&directory).unwrap();
     let text = edge_config(
         &directory,
         &world.pebble,
         https_port,
-        0,
+        http_port,
         &world.echo,
         &format!("redis_url = \"{}\"\nredis_key_prefix = \"group-1\"", redis.url()),
     );
@@ -521,9 +525,10 @@ fn instances_sharing_redis_order_each_name_once_and_serve_the_same_certificate()
     }
     assert_eq!(redis.cli(&["SCARD", "group-1:certificates"]), NAMES.to_string());
     assert_eq!(redis.cli(&["EXISTS", "group-1:account"]), "1", "one shared account");
-    assert_eq!(
-        redis.cli(&["KEYS", "group-1:lock:*"]),
-        "",
+    assert!(
+        eventually(Duration::from_secs(5), || redis
+            .cli(&["KEYS", "group-1:lock:*"])
+            .is_empty()),
         "every issuance lock released"
     );
 
@@ -552,22 +557,31 @@ fn instances_sharing_redis_order_each_name_once_and_serve_the_same_certificate()
 }
 
 #[test]
-fn a_validation_is_answered_by_the_instance_that_did_not_order() {
+fn validations_are_answered_by_the_instance_that_did_not_order() {
     let dns = MockDns::start();
-    let validated_port = free_port();
-    // Pebble validates TLS-ALPN-01 against instance A only; the order starts on instance B.
-    let options = PebbleOptions {
+    let (validated_https, validated_http) = (free_port(), free_port());
+    // Pebble validates against instance A's ports only; every order starts on instance B.
+    let tls_only = PebbleOptions {
         always_valid: false,
         http_port: dead_port(),
-        tls_port: validated_port,
+        tls_port: validated_https,
         dns: Some(dns.address),
         validity_seconds: None,
     };
-    let world = world(&options);
+    let mut world = world(&tls_only);
     let redis = Redis::start(world.directory.path());
-    let a = shared_edge(&world, &redis, "a", validated_port);
+    let a = shared_edge_on(&world, &redis, "a", validated_https, validated_http);
     let b = shared_edge(&world, &redis, "b", 0);
     let runtime = runtime();
+    let answered = |edge: &Edge, challenge: &str| {
+        metric_value(
+            &edge.metrics(),
+            &format!(r#"vestibule_acme_challenges_answered_total{{challenge="{challenge}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+
+    // TLS-ALPN-01: A answers in its pre-TLS hook with the key authorization B put in Redis.
     let result = runtime.block_on(fetch(b.https, &tenant_domain(0), world.pebble.root_store()));
     assert!(
         matches!(result, Ok((_, 200))),
@@ -575,21 +589,34 @@ fn a_validation_is_answered_by_the_instance_that_did_not_order() {
         a.stderr(),
         b.stderr()
     );
-    let answered = |edge: &Edge| {
-        metric_value(
-            &edge.metrics(),
-            r#"vestibule_acme_challenges_answered_total{challenge="tls-alpn-01"}"#,
-        )
-        .unwrap_or(0.0)
+    assert!(answered(&a, "tls-alpn-01") >= 1.0, "A answered from Redis");
+    assert_eq!(answered(&b, "tls-alpn-01"), 0.0, "B never saw the validation");
+
+    // HTTP-01: A answers on its plain listener.
+    let http_only = PebbleOptions {
+        always_valid: false,
+        http_port: validated_http,
+        tls_port: dead_port(),
+        dns: Some(dns.address),
+        validity_seconds: None,
     };
-    assert!(answered(&a) >= 1.0, "A answered from Redis");
-    assert_eq!(answered(&b), 0.0, "B never saw the validation");
+    world.pebble.run(&http_only);
+    let result = runtime.block_on(fetch(b.https, &tenant_domain(1), world.pebble.root_store()));
+    assert!(
+        matches!(result, Ok((_, 200))),
+        "{result:?}\nA:\n{}\nB:\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    assert!(answered(&a, "http-01") >= 1.0, "A answered from Redis");
+    assert_eq!(answered(&b, "http-01"), 0.0);
+
     assert_eq!(orders_metric(&a, "success"), 0.0);
-    assert_eq!(orders_metric(&b, "success"), 1.0);
+    assert_eq!(orders_metric(&b, "success"), 2.0);
     assert_eq!(
         redis.cli(&["KEYS", "group-1:challenge:*"]),
         "",
-        "answers withdrawn after the order"
+        "answers withdrawn after the orders"
     );
 }
 
@@ -604,6 +631,30 @@ fn a_redis_outage_keeps_certificates_serving_and_recovers() {
         .block_on(fetch(a.https, &tenant_domain(0), roots.clone()))
         .unwrap();
     assert_eq!(status, 200);
+
+    // A hung Redis (connections open, no answers): served names are unaffected, a new name fails
+    // with an alert after the command deadline, not after the handshake wait, and recovers.
+    redis.freeze(true);
+    let (leaf, status) = runtime
+        .block_on(fetch(a.https, &tenant_domain(0), roots.clone()))
+        .unwrap();
+    assert_eq!((leaf == issued, status), (true, 200));
+    let started = Instant::now();
+    let refused = runtime.block_on(fetch(a.https, &tenant_domain(2), roots.clone()));
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    redis.freeze(false);
+    let recovered = eventually(Duration::from_secs(15), || {
+        matches!(
+            runtime.block_on(fetch(a.https, &tenant_domain(2), roots.clone())),
+            Ok((_, 200))
+        )
+    });
+    assert!(recovered, "{}", a.stderr());
 
     redis.stop();
     let orders_before = world.pebble.orders();

@@ -47,8 +47,10 @@ pub use storage::{FileStorage, Storage, StoredCertificate};
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached ask answers kept before the cache is cleared (bounds memory under random names).
 const MAX_CACHED_DECISIONS: usize = 100_000;
-/// An issuance lock outlives a crashed holder by this much.
-const LOCK_TTL: Duration = Duration::from_secs(120);
+/// An issuance lock outlives a crashed holder by this much (longer than any order may run).
+const LOCK_TTL: Duration = crate::config::ISSUANCE_LOCK_TTL;
+/// Longest wait for the CA's renewal information.
+const ARI_TIMEOUT: Duration = Duration::from_secs(10);
 /// ACME Renewal Information is asked at most this often per certificate.
 const ARI_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 
@@ -95,13 +97,9 @@ fn newest_of(
     local: Vec<(String, StoredCertificate)>,
     shared: Vec<(String, StoredCertificate)>,
 ) -> Vec<(String, StoredCertificate)> {
-    let not_after = |stored: &StoredCertificate| {
-        LoadedCertificate::from_pem(stored.chain_pem.as_bytes(), stored.key_pem.as_bytes())
-            .map_or(i64::MIN, |loaded| loaded.not_after)
-    };
     let mut newest: std::collections::HashMap<String, (i64, StoredCertificate)> = std::collections::HashMap::new();
     for (name, stored) in local.into_iter().chain(shared) {
-        let expiry = not_after(&stored);
+        let expiry = stored.not_after();
         match newest.get(&name) {
             Some((kept, _)) if *kept >= expiry => {}
             _ => {
@@ -110,6 +108,14 @@ fn newest_of(
         }
     }
     newest.into_iter().map(|(name, (_, stored))| (name, stored)).collect()
+}
+
+/// An ACME challenge token: base64url, at least 128 bits of entropy (RFC 8555 §8.1, §8.3).
+fn is_acme_token(token: &str) -> bool {
+    (22..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
 fn refuse(reason: &'static str) -> OnDemandError {
@@ -243,6 +249,17 @@ impl Manager {
         if allowed { Ok(()) } else { Err(refuse("ask_denied")) }
     }
 
+    /// Could `name` be validated here at all? Checked before asking the shared storage, so
+    /// clients cannot turn challenge lookups into storage traffic for arbitrary names.
+    fn eligible(&self, name: &str) -> bool {
+        self.snapshot
+            .load()
+            .hosts
+            .resolve(name)
+            .is_some_and(|route| route.kind.is_on_demand_eligible())
+            && !self.certificates.configured_covers(name)
+    }
+
     fn backing_off(&self, name: &str) -> bool {
         self.failures
             .get(name)
@@ -315,10 +332,18 @@ impl Manager {
                 .map(|_| ())
                 .map_err(OnDemandError::Unavailable);
         }
+        // The slot first, then the lock: the lock's lifetime covers only the order itself (at
+        // most `order_timeout`, below LOCK_TTL), never a wait for a free slot.
+        let slot = self
+            .order_slots
+            .acquire()
+            .await
+            .map_err(|_| OnDemandError::Unavailable("shutting down".into()))?;
         let lock = match self.storage.lock(name, LOCK_TTL).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 // Someone else is issuing it: wait for their result in storage.
+                drop(slot);
                 let deadline = Instant::now() + self.settings.handshake_wait;
                 while Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -337,6 +362,15 @@ impl Manager {
             }
             Err(error) => return Err(OnDemandError::Unavailable(format!("storage: {error}"))),
         };
+        // Another instance may have finished between the first look and the lock.
+        if let Ok(Some(stored)) = self.storage.load_certificate(name).await
+            && usable(&stored)
+        {
+            return self
+                .install(name, &stored)
+                .map(|_| ())
+                .map_err(OnDemandError::Unavailable);
+        }
         {
             let mut recent = self
                 .recent_orders
@@ -355,21 +389,25 @@ impl Manager {
             }
             recent.push_back(Instant::now());
         }
-        let _slot = self
-            .order_slots
-            .acquire()
-            .await
-            .map_err(|_| OnDemandError::Unavailable("shutting down".into()))?;
         let gauge = &metrics::global().acme_orders_in_flight;
         gauge.inc();
         let started = Instant::now();
-        let issued = self.issuer.issue(name).await;
+        // A CA that accepts connections and never answers must not hold the name (and the
+        // account) forever: past the deadline the order counts as failed and backs off.
+        let issued = tokio::time::timeout(self.settings.order_timeout, self.issuer.issue(name)).await;
         gauge.dec();
         let issued = match issued {
-            Ok(issued) => issued,
-            Err(error) => {
+            Ok(Ok(issued)) => issued,
+            Ok(Err(error)) => {
                 metrics::global().acme_orders.with_label_values(&["failure"]).inc();
                 return Err(OnDemandError::Unavailable(error.to_string()));
+            }
+            Err(_) => {
+                metrics::global().acme_orders.with_label_values(&["failure"]).inc();
+                return Err(OnDemandError::Unavailable(format!(
+                    "the CA did not finish the order within {} s",
+                    self.settings.order_timeout.as_secs()
+                )));
             }
         };
         metrics::global().acme_orders.with_label_values(&["success"]).inc();
@@ -405,7 +443,10 @@ impl Manager {
                 .first()
                 .map(|der| der.as_ref().to_vec())
                 .unwrap_or_default();
-            let suggestion = self.issuer.suggested_renewal(&chain).await;
+            let suggestion = tokio::time::timeout(ARI_TIMEOUT, self.issuer.suggested_renewal(&chain))
+                .await
+                .ok()
+                .flatten();
             self.renewal_hints.insert(name.into(), (Instant::now(), suggestion));
         }
         if let Some(hint) = self.renewal_hints.get(name)
@@ -477,6 +518,9 @@ impl OnDemand for Manager {
         if let Some(local) = self.challenges.tls_alpn(name) {
             return Some(local);
         }
+        if !self.eligible(name) {
+            return None;
+        }
         // Another instance may have started this validation: its answer is in the shared storage.
         // Built for this handshake only: that instance, not this one, withdraws it.
         let digest = self
@@ -493,6 +537,9 @@ impl Http01Responder for Manager {
     async fn key_authorization(&self, host: &str, token: &str) -> Option<String> {
         if let Some(local) = self.challenges.http(host, token) {
             return Some(local);
+        }
+        if !is_acme_token(token) || !self.eligible(host) {
+            return None;
         }
         let shared = self.storage.load_challenge(&Challenges::http_key(token)).await.ok()??;
         let text = String::from_utf8(shared).ok()?;

@@ -36,7 +36,14 @@ const MAX_ELEMENTS: usize = 1 << 20;
 const MAX_DEPTH: usize = 3;
 /// A status or error line longer than this is a protocol error.
 const MAX_LINE_BYTES: usize = 64 << 10;
+/// Most bytes buffered for the replies of one call.
+const MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// After a failed connection or command, calls fail at once for this long instead of queueing
+/// behind a dead or hung server.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// Tries to release an issuance lock before leaving it to expire.
+const RELEASE_ATTEMPTS: u32 = 3;
 /// Deletes the lock only if it still holds our token.
 const RELEASE_SCRIPT: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -50,6 +57,20 @@ pub enum Reply {
     Bulk(Vec<u8>),
     Array(Vec<Reply>),
     Error(String),
+}
+
+impl Reply {
+    /// What a reply is, never what it holds (a bulk may be a private key).
+    pub fn describe(&self) -> String {
+        match self {
+            Reply::Nil => "nil".into(),
+            Reply::Status(_) => "status".into(),
+            Reply::Integer(_) => "integer".into(),
+            Reply::Bulk(bytes) => format!("bulk of {} bytes", bytes.len()),
+            Reply::Array(elements) => format!("array of {}", elements.len()),
+            Reply::Error(message) => format!("error `{message}`"),
+        }
+    }
 }
 
 fn protocol(message: impl Into<String>) -> StorageError {
@@ -201,6 +222,9 @@ impl Connection {
             if read == 0 {
                 return Err(protocol("the server closed the connection"));
             }
+            if self.buffer.len() + read > MAX_BUFFERED_BYTES {
+                return Err(protocol("replies too large"));
+            }
             self.buffer.extend_from_slice(&chunk[..read]);
         }
         Ok(replies)
@@ -211,7 +235,7 @@ fn expect_ok(reply: Reply, command: &str) -> Result<(), StorageError> {
     match reply {
         Reply::Status(status) if status == "OK" => Ok(()),
         Reply::Error(message) => Err(protocol(format!("{command}: {message}"))),
-        other => Err(protocol(format!("{command}: unexpected reply {other:?}"))),
+        other => Err(protocol(format!("{command}: unexpected reply {}", other.describe()))),
     }
 }
 
@@ -220,7 +244,7 @@ fn bulk(reply: Reply, command: &str) -> Result<Option<Vec<u8>>, StorageError> {
         Reply::Nil => Ok(None),
         Reply::Bulk(bytes) => Ok(Some(bytes)),
         Reply::Error(message) => Err(protocol(format!("{command}: {message}"))),
-        other => Err(protocol(format!("{command}: unexpected reply {other:?}"))),
+        other => Err(protocol(format!("{command}: unexpected reply {}", other.describe()))),
     }
 }
 
@@ -233,6 +257,8 @@ pub struct RedisStorage {
 struct Inner {
     settings: RedisSettings,
     connection: tokio::sync::Mutex<Option<Connection>>,
+    /// Until when calls fail fast after a failure.
+    failed_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl RedisStorage {
@@ -241,6 +267,7 @@ impl RedisStorage {
             inner: Arc::new(Inner {
                 settings,
                 connection: tokio::sync::Mutex::new(None),
+                failed_until: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -254,31 +281,52 @@ impl RedisStorage {
         key
     }
 
-    /// Runs a pipeline on the shared connection; any failure drops it (the next call reconnects).
+    /// Runs a pipeline on the shared connection, within [`COMMAND_TIMEOUT`] including the wait
+    /// for the connection. The connection is taken out of its slot for the call and put back only
+    /// after every reply was read: a failure, a timeout or a cancelled caller drops it (never
+    /// leaving unread replies for the next command), and the next call reconnects. For
+    /// [`RETRY_AFTER_FAILURE`] after a failure, calls fail at once.
     pub async fn run(&self, commands: &[&[&[u8]]]) -> Result<Vec<Reply>, StorageError> {
-        let mut slot = self.inner.connection.lock().await;
+        let now = tokio::time::Instant::now();
+        if self.failing_until().is_some_and(|until| until > now) {
+            return Err(protocol("unavailable (a recent call failed)"));
+        }
         let settings = &self.inner.settings;
         let attempt = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            if slot.is_none() {
-                *slot = Some(Connection::open(settings).await?);
-            }
-            match slot.as_mut() {
-                Some(connection) => connection.call(commands).await,
-                None => Err(protocol("no connection")),
-            }
+            let mut slot = self.inner.connection.lock().await;
+            let mut connection = match slot.take() {
+                Some(connection) => connection,
+                None => Connection::open(settings).await?,
+            };
+            let replies = connection.call(commands).await?;
+            *slot = Some(connection);
+            Ok::<_, StorageError>(replies)
         })
         .await;
-        match attempt {
-            Ok(Ok(replies)) => Ok(replies),
-            Ok(Err(error)) => {
-                *slot = None;
-                Err(error)
-            }
-            Err(_) => {
-                *slot = None;
-                Err(protocol(format!("no reply within {} ms", COMMAND_TIMEOUT.as_millis())))
-            }
+        let result = match attempt {
+            Ok(result) => result,
+            Err(_) => Err(protocol(format!("no reply within {} ms", COMMAND_TIMEOUT.as_millis()))),
+        };
+        if result.is_err() {
+            self.set_failing_until(Some(tokio::time::Instant::now() + RETRY_AFTER_FAILURE));
         }
+        result
+    }
+
+    fn failing_until(&self) -> Option<tokio::time::Instant> {
+        *self
+            .inner
+            .failed_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_failing_until(&self, until: Option<tokio::time::Instant>) {
+        *self
+            .inner
+            .failed_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = until;
     }
 
     async fn one(&self, command: &[&[u8]]) -> Result<Reply, StorageError> {
@@ -323,8 +371,15 @@ impl Drop for RedisLock {
                 key.as_bytes(),
                 token.as_bytes(),
             ];
-            if let Err(error) = storage.one(&release).await {
-                tracing::warn!(%error, "issuance lock not released; it expires by itself");
+            // A few tries past the fail-fast window; after that the lock expires by itself.
+            for attempt in 1..=RELEASE_ATTEMPTS {
+                match storage.one(&release).await {
+                    Ok(_) => return,
+                    Err(error) if attempt == RELEASE_ATTEMPTS => {
+                        tracing::warn!(%error, "issuance lock not released; it expires by itself")
+                    }
+                    Err(_) => tokio::time::sleep(RETRY_AFTER_FAILURE).await,
+                }
             }
         });
     }
@@ -357,7 +412,7 @@ impl Storage for RedisStorage {
         let key = self.key(&["certificate", super::storage::checked(name)?]);
         let reply = self.one(&[b"HMGET", key.as_bytes(), b"chain", b"key"]).await?;
         let Reply::Array(mut fields) = reply else {
-            return Err(protocol(format!("HMGET: unexpected reply {reply:?}")));
+            return Err(protocol(format!("HMGET: unexpected reply {}", reply.describe())));
         };
         let (Some(key_pem), Some(chain_pem)) = (fields.pop(), fields.pop()) else {
             return Err(protocol("HMGET: short reply"));
@@ -394,7 +449,10 @@ impl Storage for RedisStorage {
             .await?;
         match replies.last() {
             Some(Reply::Array(results)) if results.iter().all(|r| matches!(r, Reply::Integer(_))) => Ok(()),
-            other => Err(protocol(format!("MULTI/EXEC: unexpected reply {other:?}"))),
+            other => Err(protocol(format!(
+                "MULTI/EXEC: unexpected reply {}",
+                other.map_or_else(|| "none".into(), Reply::describe)
+            ))),
         }
     }
 
@@ -410,7 +468,7 @@ impl Storage for RedisStorage {
                 // Only names that could have been stored: nothing else becomes a key or a path.
                 .filter(|name| super::storage::checked(name).is_ok())
                 .collect()),
-            other => Err(protocol(format!("SMEMBERS: unexpected reply {other:?}"))),
+            other => Err(protocol(format!("SMEMBERS: unexpected reply {}", other.describe()))),
         }
     }
 
@@ -428,7 +486,7 @@ impl Storage for RedisStorage {
                 token,
             }))),
             Reply::Nil => Ok(None),
-            other => Err(protocol(format!("SET NX: unexpected reply {other:?}"))),
+            other => Err(protocol(format!("SET NX: unexpected reply {}", other.describe()))),
         }
     }
 
@@ -451,7 +509,7 @@ impl Storage for RedisStorage {
         let key = self.key(&["challenge", key]);
         match self.one(&[b"DEL", key.as_bytes()]).await? {
             Reply::Integer(_) => Ok(()),
-            other => Err(protocol(format!("DEL: unexpected reply {other:?}"))),
+            other => Err(protocol(format!("DEL: unexpected reply {}", other.describe()))),
         }
     }
 }
@@ -496,13 +554,35 @@ impl Storage for TieredStorage {
         Ok(())
     }
 
+    /// The newer of the two copies; a newer local one (issued or renewed while Redis was
+    /// unreachable) is shared again, so other instances do not order it once more.
     async fn load_certificate(&self, name: &str) -> Result<Option<StoredCertificate>, StorageError> {
-        match self.shared.load_certificate(name).await {
-            Ok(Some(certificate)) => Ok(Some(certificate)),
-            Ok(None) => self.local.load_certificate(name).await,
+        let shared = match self.shared.load_certificate(name).await {
+            Ok(shared) => shared,
             Err(error) => {
                 warn_shared("load certificate", &error);
-                self.local.load_certificate(name).await
+                return self.local.load_certificate(name).await;
+            }
+        };
+        let local = self.local.load_certificate(name).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "local certificate copy not readable");
+            None
+        });
+        match (shared, local) {
+            (Some(shared), Some(local)) if local.not_after() > shared.not_after() => {
+                if let Err(error) = self.shared.store_certificate(name, &local).await {
+                    warn_shared("store certificate", &error);
+                }
+                Ok(Some(local))
+            }
+            (Some(shared), _) => Ok(Some(shared)),
+            (None, local) => {
+                if let Some(local) = &local
+                    && let Err(error) = self.shared.store_certificate(name, local).await
+                {
+                    warn_shared("store certificate", &error);
+                }
+                Ok(local)
             }
         }
     }
@@ -600,6 +680,130 @@ mod tests {
             assert!(parse_reply(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         assert!(parse_reply(&vec![b'+'; MAX_LINE_BYTES + 1]).is_err());
+    }
+
+    fn settings(port: u16) -> RedisSettings {
+        RedisSettings {
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            database: 0,
+            key_prefix: "test".into(),
+        }
+    }
+
+    /// A scripted RESP server: records every command; `GET slow` answers after 300 ms, `GET k`
+    /// answers `k`, anything else `+OK`. Returns its port, the commands and the connection count.
+    async fn fake_server() -> (
+        u16,
+        Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Ok(Some((Reply::Array(arguments), used))) = parse_reply(&buffer) {
+                            buffer.drain(..used);
+                            let words: Vec<String> = arguments
+                                .into_iter()
+                                .map(|a| match a {
+                                    Reply::Bulk(b) => String::from_utf8(b).unwrap(),
+                                    _ => String::new(),
+                                })
+                                .collect();
+                            record.lock().unwrap().push(words.clone());
+                            let answer = match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                                ["GET", "slow"] => {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    "$4\r\nslow\r\n".to_owned()
+                                }
+                                ["GET", key] => format!("${}\r\n{key}\r\n", key.len()),
+                                _ => "+OK\r\n".to_owned(),
+                            };
+                            if stream.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen, connections)
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_never_leaves_its_reply_for_the_next_one() {
+        let (port, _, connections) = fake_server().await;
+        let storage = RedisStorage::new(settings(port));
+        assert_eq!(
+            storage.one(&[b"GET", b"warm"]).await.unwrap(),
+            Reply::Bulk(b"warm".to_vec())
+        );
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), storage.one(&[b"GET", b"slow"])).await;
+        assert!(cancelled.is_err(), "the caller gave up");
+        // The next command gets its own reply, on a new connection.
+        assert_eq!(
+            storage.one(&[b"GET", b"next"]).await.unwrap(),
+            Reply::Bulk(b"next".to_vec())
+        );
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            storage.one(&[b"GET", b"after"]).await.unwrap(),
+            Reply::Bulk(b"after".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn authenticates_and_selects_the_database_first() {
+        let (port, seen, _) = fake_server().await;
+        let storage = RedisStorage::new(RedisSettings {
+            username: Some("edge".into()),
+            password: Some("secret".into()),
+            database: 3,
+            ..settings(port)
+        });
+        assert_eq!(storage.load_account().await.unwrap(), Some(b"test:account".to_vec()));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                vec!["AUTH", "edge", "secret"],
+                vec!["SELECT", "3"],
+                vec!["GET", "test:account"]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn fails_fast_after_a_failure_then_retries() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let storage = RedisStorage::new(settings(dead));
+        let first = storage.load_account().await.unwrap_err().to_string();
+        assert!(first.contains("connecting"), "{first}");
+        let second = storage.load_account().await.unwrap_err().to_string();
+        assert!(second.contains("recent call failed"), "{second}");
+        tokio::time::sleep(RETRY_AFTER_FAILURE + Duration::from_millis(50)).await;
+        let third = storage.load_account().await.unwrap_err().to_string();
+        assert!(third.contains("connecting"), "tried again: {third}");
     }
 
     #[test]

@@ -47,6 +47,15 @@ impl std::fmt::Debug for StoredCertificate {
     }
 }
 
+impl StoredCertificate {
+    /// The leaf's expiry (Unix seconds); `i64::MIN` when it does not parse, so any usable
+    /// certificate is preferred to it.
+    pub fn not_after(&self) -> i64 {
+        crate::tls::LoadedCertificate::from_pem(self.chain_pem.as_bytes(), self.key_pem.as_bytes())
+            .map_or(i64::MIN, |loaded| loaded.not_after)
+    }
+}
+
 /// Held while a name is being issued; dropping it releases the lock.
 pub trait LockGuard: Send + Sync {}
 

@@ -83,6 +83,10 @@ struct Harness {
 }
 
 fn harness(extra_acme: &str, lifetime: Duration) -> Harness {
+    harness_with_delay(extra_acme, lifetime, Duration::from_millis(50))
+}
+
+fn harness_with_delay(extra_acme: &str, lifetime: Duration, delay: Duration) -> Harness {
     let directory = tempfile::tempdir().unwrap();
     let snapshot = snapshot(directory.path(), extra_acme);
     let settings = snapshot.acme.clone().unwrap();
@@ -90,7 +94,7 @@ fn harness(extra_acme: &str, lifetime: Duration) -> Harness {
     let storage = Arc::new(FileStorage::new(settings.storage.clone()));
     let issuer = Arc::new(FakeIssuer {
         calls: AtomicUsize::new(0),
-        delay: Duration::from_millis(50),
+        delay,
         fail: AtomicBool::new(false),
         lifetime,
     });
@@ -169,6 +173,24 @@ async fn failures_back_off_per_name() {
     // Another name is not affected.
     h.issuer.fail.store(false, Ordering::SeqCst);
     assert_eq!(h.manager.obtain("acme.auth.portal.test").await, Ok(()));
+}
+
+#[tokio::test]
+async fn a_ca_that_never_answers_fails_the_order_at_its_deadline() {
+    let h = harness_with_delay("order_timeout_seconds = 1", 90 * DAY, Duration::from_secs(3600));
+    let started = std::time::Instant::now();
+    let result = h.manager.obtain("login.acme.test").await;
+    assert!(
+        matches!(&result, Err(OnDemandError::Unavailable(reason)) if reason.contains("did not finish")),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The name backs off instead of joining a stuck order forever.
+    assert!(h.manager.backing_off("login.acme.test"));
+    assert!(
+        h.storage.lock("login.acme.test", LOCK_TTL).await.unwrap().is_some(),
+        "the issuance lock was released"
+    );
 }
 
 #[tokio::test]

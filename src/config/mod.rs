@@ -438,7 +438,15 @@ pub struct AcmeSettings {
     pub renew_check_interval: Duration,
     /// Renew when this fraction of the lifetime is left. Default: [`DEFAULT_RENEWAL_FRACTION`].
     pub renewal_fraction: f64,
+    /// Longest one issuance may take (account, order, validation, download) before it counts as
+    /// failed. Default: [`DEFAULT_ORDER_TIMEOUT`]; below [`ISSUANCE_LOCK_TTL`], so no other
+    /// instance can take the name's lock while an order still runs.
+    pub order_timeout: Duration,
 }
+
+pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an issuance lock outlives a crashed holder.
+pub const ISSUANCE_LOCK_TTL: Duration = Duration::from_secs(120);
 
 /// Where several instances share certificates, the account, locks and challenge answers.
 #[derive(Clone, PartialEq)]

@@ -133,6 +133,7 @@ pub struct AcmeSection {
     pub failure_backoff_max_seconds: Option<u64>,
     pub renew_check_interval_seconds: Option<u64>,
     pub renewal_fraction: Option<f64>,
+    pub order_timeout_seconds: Option<u64>,
     pub key_type: Option<String>,
 }
 

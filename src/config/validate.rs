@@ -398,6 +398,18 @@ impl Context<'_> {
                 ),
             );
         }
+        let order_timeout = section
+            .order_timeout_seconds
+            .map_or(DEFAULT_ORDER_TIMEOUT, Duration::from_secs);
+        if order_timeout.is_zero() || order_timeout >= ISSUANCE_LOCK_TTL {
+            problems.add(
+                "acme.order_timeout_seconds",
+                format!(
+                    "must be between 1 and {} (below the issuance lock's lifetime)",
+                    ISSUANCE_LOCK_TTL.as_secs() - 1
+                ),
+            );
+        }
         let renewal_fraction = section.renewal_fraction.unwrap_or(DEFAULT_RENEWAL_FRACTION);
         if !(renewal_fraction > 0.0 && renewal_fraction < 1.0) {
             problems.add("acme.renewal_fraction", "must be between 0 and 1 (exclusive)");
@@ -457,6 +469,7 @@ impl Context<'_> {
                 .renew_check_interval_seconds
                 .map_or(DEFAULT_RENEW_CHECK_INTERVAL, Duration::from_secs),
             renewal_fraction,
+            order_timeout,
         })
     }
 
@@ -1120,6 +1133,9 @@ fn redis_settings(text: &str, key_prefix: String) -> Result<RedisSettings, Strin
         .then(|| decode(url.username()))
         .transpose()?;
     let password = url.password().map(decode).transpose()?;
+    if username.is_some() && password.is_none() {
+        return Err("a username needs a password (`redis://user:password@host`)".into());
+    }
     let database = match url.path().trim_start_matches('/') {
         "" => 0,
         number => number
@@ -1191,6 +1207,7 @@ mod tests {
             "redis://",
             "redis://h/x",
             "redis://h/0?x=1",
+            "redis://user@h",
             "not a url",
         ] {
             assert!(redis_settings(bad, "p".into()).is_err(), "{bad}");
