@@ -208,9 +208,10 @@ fn a_burst_of_twenty_new_names_succeeds_with_one_order_each() {
     let failed: Vec<_> = results.iter().filter(|(_, r)| !matches!(r, Ok((_, 200)))).collect();
     assert!(
         failed.is_empty(),
-        "{} of 60 handshakes failed: {failed:?}\nedge stderr:\n{}",
+        "{} of 60 handshakes failed: {failed:?}\nedge stderr:\n{}\npebble log:\n{}",
         failed.len(),
-        edge.stderr()
+        edge.stderr(),
+        std::fs::read_to_string(world.directory.path().join("pebble.log")).unwrap_or_default()
     );
     assert_eq!(world.pebble.orders() - orders_before, 20, "exactly one order per name");
     assert_eq!(orders_metric(&edge, "success"), 20.0);
