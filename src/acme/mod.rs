@@ -217,15 +217,7 @@ impl Manager {
     /// The gate. Cheap for unknown names: one host-table lookup.
     async fn allowed(&self, name: &str) -> Result<(), OnDemandError> {
         let snapshot = self.snapshot.load_full();
-        let Some(route) = snapshot.hosts.resolve(name) else {
-            return Err(refuse("unknown_name"));
-        };
-        if !route.kind.is_on_demand_eligible() {
-            return Err(refuse("not_a_tenant_name"));
-        }
-        if self.certificates.configured_covers(name) {
-            return Err(refuse("covered_by_configured_certificate"));
-        }
+        let route = self.eligibility(&snapshot, name).map_err(refuse)?;
         let Some(ask) = &snapshot.application(route.application).ask else {
             return Ok(());
         };
@@ -249,15 +241,23 @@ impl Manager {
         if allowed { Ok(()) } else { Err(refuse("ask_denied")) }
     }
 
-    /// Could `name` be validated here at all? Checked before asking the shared storage, so
-    /// clients cannot turn challenge lookups into storage traffic for arbitrary names.
+    /// Could `name` have an on-demand certificate at all (before any ask)? The refusal reason
+    /// otherwise, as counted in metrics.
+    fn eligibility(&self, snapshot: &Snapshot, name: &str) -> Result<crate::tenancy::Route, &'static str> {
+        let route = snapshot.hosts.resolve(name).ok_or("unknown_name")?;
+        if !route.kind.is_on_demand_eligible() {
+            return Err("not_a_tenant_name");
+        }
+        if self.certificates.configured_covers(name) {
+            return Err("covered_by_configured_certificate");
+        }
+        Ok(route)
+    }
+
+    /// Checked before asking the shared storage for a challenge answer, so clients cannot turn
+    /// challenge lookups into storage traffic for arbitrary names.
     fn eligible(&self, name: &str) -> bool {
-        self.snapshot
-            .load()
-            .hosts
-            .resolve(name)
-            .is_some_and(|route| route.kind.is_on_demand_eligible())
-            && !self.certificates.configured_covers(name)
+        self.eligibility(&self.snapshot.load(), name).is_ok()
     }
 
     fn backing_off(&self, name: &str) -> bool {
@@ -323,14 +323,16 @@ impl Manager {
             LoadedCertificate::from_pem(stored.chain_pem.as_bytes(), stored.key_pem.as_bytes())
                 .is_ok_and(|loaded| loaded.not_after > newer_than && loaded.covers(name))
         };
+        let adopt = |stored: &StoredCertificate| {
+            self.install(name, stored)
+                .map(|_| ())
+                .map_err(OnDemandError::Unavailable)
+        };
         // Another instance, or an earlier run, may have it already.
         if let Ok(Some(stored)) = self.storage.load_certificate(name).await
             && usable(&stored)
         {
-            return self
-                .install(name, &stored)
-                .map(|_| ())
-                .map_err(OnDemandError::Unavailable);
+            return adopt(&stored);
         }
         // The slot first, then the lock: the lock's lifetime covers only the order itself (at
         // most `order_timeout`, below LOCK_TTL), never a wait for a free slot.
@@ -350,10 +352,7 @@ impl Manager {
                     if let Ok(Some(stored)) = self.storage.load_certificate(name).await
                         && usable(&stored)
                     {
-                        return self
-                            .install(name, &stored)
-                            .map(|_| ())
-                            .map_err(OnDemandError::Unavailable);
+                        return adopt(&stored);
                     }
                 }
                 return Err(OnDemandError::Unavailable(
@@ -366,10 +365,7 @@ impl Manager {
         if let Ok(Some(stored)) = self.storage.load_certificate(name).await
             && usable(&stored)
         {
-            return self
-                .install(name, &stored)
-                .map(|_| ())
-                .map_err(OnDemandError::Unavailable);
+            return adopt(&stored);
         }
         {
             let mut recent = self

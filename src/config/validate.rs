@@ -1127,7 +1127,10 @@ fn redis_settings(text: &str, key_prefix: String) -> Result<RedisSettings, Strin
         _ => return Err("needs a host".into()),
     };
     let decode = |part: &str| {
-        percent_decode(part).ok_or_else(|| "the user information is not valid percent-encoded UTF-8".to_owned())
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| "the user information is not valid percent-encoded UTF-8".to_owned())
     };
     let username = (!url.username().is_empty())
         .then(|| decode(url.username()))
@@ -1153,23 +1156,6 @@ fn redis_settings(text: &str, key_prefix: String) -> Result<RedisSettings, Strin
         database,
         key_prefix,
     })
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            index += 3;
-        } else {
-            decoded.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8(decoded).ok()
 }
 
 #[cfg(test)]
