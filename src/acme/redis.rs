@@ -101,19 +101,26 @@ fn parse_at(buffer: &[u8], start: usize, depth: usize) -> Result<Option<(Reply, 
             .and_then(|digits| digits.parse().ok())
             .ok_or_else(|| protocol("malformed length or integer"))
     };
+    // A bulk or array length: `None` for `-1` (nil), otherwise at most `max`.
+    let length = |max: usize, what: &str| -> Result<Option<usize>, StorageError> {
+        let value = number()?;
+        if value == -1 {
+            return Ok(None);
+        }
+        let value = usize::try_from(value).map_err(|_| protocol(format!("negative {what} length")))?;
+        if value > max {
+            return Err(protocol(format!("{what} reply too large")));
+        }
+        Ok(Some(value))
+    };
     match kind {
         b'+' => Ok(Some((Reply::Status(text()), after_line))),
         b'-' => Ok(Some((Reply::Error(text()), after_line))),
         b':' => Ok(Some((Reply::Integer(number()?), after_line))),
         b'$' => {
-            let length = number()?;
-            if length == -1 {
+            let Some(length) = length(MAX_BULK_BYTES, "bulk")? else {
                 return Ok(Some((Reply::Nil, after_line)));
-            }
-            let length = usize::try_from(length).map_err(|_| protocol("negative bulk length"))?;
-            if length > MAX_BULK_BYTES {
-                return Err(protocol("bulk reply too large"));
-            }
+            };
             let end = after_line + length;
             if buffer.len() < end + 2 {
                 return Ok(None);
@@ -124,14 +131,9 @@ fn parse_at(buffer: &[u8], start: usize, depth: usize) -> Result<Option<(Reply, 
             Ok(Some((Reply::Bulk(buffer[after_line..end].to_vec()), end + 2)))
         }
         b'*' => {
-            let count = number()?;
-            if count == -1 {
+            let Some(count) = length(MAX_ELEMENTS, "array")? else {
                 return Ok(Some((Reply::Nil, after_line)));
-            }
-            let count = usize::try_from(count).map_err(|_| protocol("negative array length"))?;
-            if count > MAX_ELEMENTS {
-                return Err(protocol("array reply too large"));
-            }
+            };
             if depth >= MAX_DEPTH {
                 return Err(protocol("reply nested too deeply"));
             }

@@ -69,7 +69,12 @@ impl IdpClient {
         }
     }
 
-    async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<JsonResponse, FetchError> {
+    /// Sends `request` and reads at most [`MAX_BODY`] of the answer, all within [`CALL_TIMEOUT`]:
+    /// the status, and the body or why it could not be read.
+    async fn exchange(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(u16, Result<Bytes, FetchError>), FetchError> {
         let exchange = async {
             let response = self
                 .client
@@ -80,25 +85,31 @@ impl IdpClient {
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .map_err(|error| FetchError::Body(error.to_string()))?
-                .to_bytes();
-            if body.iter().all(u8::is_ascii_whitespace) {
-                // RFC 7009 revocation answers 200 with an empty body.
-                return Ok(JsonResponse {
-                    status,
-                    body: serde_json::Map::new(),
-                });
-            }
-            let parsed: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|error| FetchError::Body(error.to_string()))?;
-            match parsed {
-                serde_json::Value::Object(body) => Ok(JsonResponse { status, body }),
-                _ => Err(FetchError::Body("not an object".into())),
-            }
+                .map(|collected| collected.to_bytes())
+                .map_err(|error| FetchError::Body(error.to_string()));
+            Ok((status, body))
         };
         tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
             .map_err(|_| FetchError::Timeout)?
+    }
+
+    async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<JsonResponse, FetchError> {
+        let (status, body) = self.exchange(request).await?;
+        let body = body?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            // RFC 7009 revocation answers 200 with an empty body.
+            return Ok(JsonResponse {
+                status,
+                body: serde_json::Map::new(),
+            });
+        }
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| FetchError::Body(error.to_string()))?;
+        match parsed {
+            serde_json::Value::Object(body) => Ok(JsonResponse { status, body }),
+            _ => Err(FetchError::Body("not an object".into())),
+        }
     }
 
     /// GET `url` and return only its status (the body is discarded, up to [`MAX_BODY`]).
@@ -107,19 +118,8 @@ impl IdpClient {
             .header("user-agent", concat!("vestibule/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::new()))
             .map_err(|_| FetchError::Url(url.to_owned()))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|error| FetchError::Transport(error.to_string()))?;
-            let status = response.status().as_u16();
-            let _ = Limited::new(response.into_body(), MAX_BODY).collect().await;
-            Ok(status)
-        };
-        tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| FetchError::Timeout)?
+        let (status, _) = self.exchange(request).await?;
+        Ok(status)
     }
 
     /// GET a JSON document; non-2xx is an error.
