@@ -278,7 +278,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bound.https.port(),
     ));
 
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Edge::new(shared.clone()));
+    let mut proxy = Service::new("edge".to_owned(), Edge::new(shared.clone()));
     // A small socket read buffer per connection: rustls buffers records itself, and pingora's
     // 64 KiB default cost ~64 KiB of memory per idle connection (see benches/README.md).
     let buffers = L4BufferSettings::new(

@@ -353,6 +353,80 @@ fn upstream_down_is_a_prompt_502() {
     );
 }
 
+#[test]
+fn request_bodies_are_streamed_and_hop_by_hop_fields_stop_at_the_edge() {
+    let Fixture { edge, _directory, .. } = fixture();
+    let payload_path = _directory.path().join("payload.bin");
+    let payload: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&payload_path, &payload).unwrap();
+    let payload_arg = format!("@{}", payload_path.display());
+    let url = "https://login.acme.test/upload";
+
+    // Content-Length over HTTP/1.1, chunked over HTTP/1.1, and an HTTP/2 stream: all arrive whole.
+    for (label, extra) in [
+        ("content-length", &["--http1.1"][..]),
+        ("chunked", &["--http1.1", "-H", "Transfer-Encoding: chunked"][..]),
+        ("http2", &["--http2"][..]),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend(["--data-binary", &payload_arg, url]);
+        let response = edge.curl(&args);
+        assert_eq!(response.status, 200, "{label}: {response:?}");
+        let echoed = response.json();
+        assert_eq!(echoed["method"], "POST", "{label}");
+        assert_eq!(echoed["body_length"], payload.len(), "{label}");
+        if label == "chunked" {
+            assert_eq!(response.received("transfer-encoding"), ["chunked"]);
+        }
+    }
+
+    // Fields meant for this hop only do not reach the upstream, nor do the ones Connection names.
+    let response = edge.curl(&[
+        "--http1.1",
+        "-H",
+        "Connection: keep-alive, X-Hop-Secret",
+        "-H",
+        "X-Hop-Secret: for-the-edge-only",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Upgrade: h2c",
+        "-H",
+        "Proxy-Authorization: Basic c2VjcmV0",
+        "-H",
+        "X-Custom: kept",
+        url,
+    ]);
+    assert_eq!(response.status, 200, "{response:?}");
+    let headers = response.json()["headers"].as_object().unwrap().clone();
+    for gone in ["x-hop-secret", "keep-alive", "te", "upgrade", "proxy-authorization"] {
+        assert!(!headers.contains_key(gone), "{gone} reached the upstream: {headers:?}");
+    }
+    assert_eq!(response.received("x-custom"), ["kept"]);
+    assert_eq!(response.received("host"), ["login.acme.test"]);
+
+    // HTTP/2 requests reach the HTTP/1.1 upstream with Host taken from :authority.
+    let response = edge.curl(&["--http2", url]);
+    assert_eq!(response.version, "HTTP/2", "{response:?}");
+    assert_eq!(response.received("host"), ["login.acme.test"]);
+}
+
+#[test]
+fn an_upstream_closing_idle_connections_costs_no_request() {
+    let Fixture { edge, _directory, .. } = fixture();
+    // Each `/close` leaves the edge a pooled connection that the upstream has already closed
+    // without saying so; the next request, whatever its method, must not land on it.
+    for method in ["GET", "POST", "DELETE", "POST"] {
+        let first = edge.curl(&["--http1.1", "https://login.acme.test/close"]);
+        assert_eq!(first.status, 200, "{first:?}");
+        let next = edge.curl(&["--http1.1", "-X", method, "https://login.acme.test/after"]);
+        assert_eq!(next.status, 200, "{method} after an upstream close: {next:?}");
+        assert_eq!(next.json()["method"], method);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
     let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();

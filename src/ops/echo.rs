@@ -4,7 +4,10 @@
 //!
 //! HTTP/1.1 with keep-alive; `Upgrade: websocket` gets a 101 and then every byte is echoed back,
 //! which is enough to prove the edge passes upgraded connections through in both directions.
-//! `/slow/{ms}` waits that long (at most 60 s) before answering, to test draining.
+//! Request bodies are read (`Content-Length` or chunked) and reported by length and framing.
+//! `/slow/{ms}` waits that long (at most 60 s) before answering, to test draining; `/close`
+//! answers and then closes the connection without announcing it, as an upstream whose idle
+//! timeout fires right after a response does.
 
 use std::net::SocketAddr;
 
@@ -75,19 +78,25 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
 
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-            .min(MAX_BODY);
-        while buffer.len() < length {
-            let mut chunk = [0u8; 8192];
-            let read = stream.read(&mut chunk).await?;
-            if read == 0 {
+        let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = if chunked {
+            let Some(length) = read_chunked(&mut stream, &mut buffer).await? else {
                 return Ok(());
+            };
+            length
+        } else {
+            let length: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+                .min(MAX_BODY);
+            while buffer.len() < length {
+                if !read_more(&mut stream, &mut buffer).await? {
+                    return Ok(());
+                }
             }
-            buffer.extend_from_slice(&chunk[..read]);
-        }
-        buffer.drain(..length);
+            buffer.drain(..length);
+            length
+        };
         if let Some(delay) = target.strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
             tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
         }
@@ -109,15 +118,66 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         })
         .to_string();
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let silent_close = target == "/close";
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );
         stream.write_all(response.as_bytes()).await?;
-        if close {
+        if close || silent_close {
             return Ok(());
         }
+    }
+}
+
+/// Appends what the socket has to `buffer`; `false` at end of stream.
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 8192];
+    let read = stream.read(&mut chunk).await?;
+    buffer.extend_from_slice(&chunk[..read]);
+    Ok(read > 0)
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) off the front of `buffer`, reading more as needed, and
+/// returns its decoded length; `None` when the stream ends early or the framing is broken.
+async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    let mut total = 0;
+    loop {
+        let line_end = loop {
+            if let Some(position) = buffer.windows(2).position(|w| w == b"\r\n") {
+                break position;
+            }
+            if buffer.len() > MAX_HEAD || !read_more(stream, buffer).await? {
+                return Ok(None);
+            }
+        };
+        let line = String::from_utf8_lossy(&buffer[..line_end]).into_owned();
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return Ok(None);
+        };
+        if total + size > MAX_BODY {
+            return Ok(None);
+        }
+        buffer.drain(..line_end + 2);
+        if size == 0 {
+            // No trailers expected: the empty line ends the body.
+            while buffer.len() < 2 {
+                if !read_more(stream, buffer).await? {
+                    return Ok(None);
+                }
+            }
+            buffer.drain(..2);
+            return Ok(Some(total));
+        }
+        while buffer.len() < size + 2 {
+            if !read_more(stream, buffer).await? {
+                return Ok(None);
+            }
+        }
+        buffer.drain(..size + 2);
+        total += size;
     }
 }
 

@@ -15,7 +15,9 @@
 //!
 //! The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are atomics.
 
+mod forward;
 pub mod headers;
+mod pool;
 pub mod rejection;
 pub mod state;
 pub mod upstream;
@@ -23,13 +25,12 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::ResponseHeader;
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_http::{RequestHeader, ResponseHeader};
 
 pub use rejection::Rejection;
 use state::{Runtime, Shared};
@@ -45,11 +46,16 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 pub struct Edge {
     shared: Arc<Shared>,
+    /// Opens new upstream connections; idle ones are kept per worker thread (see [`pool`]).
+    connector: TransportConnector,
 }
 
 impl Edge {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Edge { shared }
+        Edge {
+            shared,
+            connector: TransportConnector::new(None),
+        }
     }
 }
 
@@ -68,7 +74,6 @@ pub struct RequestContext {
     set_cookies: Vec<String>,
     upstream_target: Option<usize>,
     upstream_started: Option<Instant>,
-    connect_attempts: usize,
     rejection: Option<&'static str>,
     /// Counted as in flight (see [`Shared::request_started`]).
     counted: bool,
@@ -80,7 +85,7 @@ enum Step {
     Answered,
 }
 
-fn tls_of(session: &Session) -> (bool, Option<Arc<ConnectionTls>>) {
+fn tls_of(session: &ServerSession) -> (bool, Option<Arc<ConnectionTls>>) {
     let ssl = session.digest().and_then(|digest| digest.ssl_digest.as_ref());
     let connection = ssl.and_then(|ssl| ssl.extension.get::<Arc<ConnectionTls>>()).cloned();
     (ssl.is_some(), connection)
@@ -89,7 +94,7 @@ fn tls_of(session: &Session) -> (bool, Option<Arc<ConnectionTls>>) {
 impl Edge {
     async fn route(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         context: &mut RequestContext,
         runtime: &Runtime,
     ) -> std::result::Result<Step, Rejection> {
@@ -207,7 +212,12 @@ impl Edge {
         }
     }
 
-    async fn reject(&self, session: &mut Session, context: &mut RequestContext, rejection: Rejection) -> Result<()> {
+    async fn reject(
+        &self,
+        session: &mut ServerSession,
+        context: &mut RequestContext,
+        rejection: Rejection,
+    ) -> Result<()> {
         let status = rejection.status(context.tls);
         let code = rejection.code();
         context.rejection = Some(code);
@@ -230,16 +240,9 @@ impl Edge {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Edge {
-    type CTX = RequestContext;
-
-    /// No downstream modules: pingora's default is a disabled compression module that still runs
-    /// on every response. The edge never compresses (BREACH-style leaks of identity-bearing
-    /// responses are the upstream's call).
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
-
-    fn new_ctx(&self) -> RequestContext {
+/// The phases of one request, called in order by [`forward`]'s request loop.
+impl Edge {
+    fn new_context(&self) -> RequestContext {
         RequestContext {
             started: Instant::now(),
             runtime: None,
@@ -253,14 +256,13 @@ impl ProxyHttp for Edge {
             set_cookies: Vec::new(),
             upstream_target: None,
             upstream_started: None,
-            connect_attempts: 0,
             rejection: None,
             counted: false,
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, context: &mut RequestContext) -> Result<bool> {
-        context.started = Instant::now();
+    /// Routes and authorizes the request. Returns `true` when the edge answered it itself.
+    async fn admit(&self, session: &mut ServerSession, context: &mut RequestContext) -> Result<bool> {
         self.shared.request_started();
         context.counted = true;
         if self.shared.is_draining() {
@@ -282,39 +284,11 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, context: &mut RequestContext) -> Result<Box<HttpPeer>> {
-        let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
-            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
-        };
-        let upstream = &runtime.applications[route.application as usize].upstream;
-        let target = upstream.pick();
-        context.upstream_target = Some(target);
-        context.connect_attempts += 1;
-        Ok(upstream.peer(target))
-    }
-
-    fn fail_to_connect(
+    /// The edge's part of the upstream request: identity headers out, the edge's own in.
+    fn upstream_request(
         &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        context: &mut RequestContext,
-        mut error: Box<Error>,
-    ) -> Box<Error> {
-        if let (Some(runtime), Some(route), Some(target)) = (&context.runtime, context.route, context.upstream_target) {
-            let upstream = &runtime.applications[route.application as usize].upstream;
-            upstream.mark_down(target);
-            // Another target may answer: retry once per target, never more.
-            if context.connect_attempts < upstream.targets().len() {
-                error.set_retry(true);
-            }
-        }
-        error
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut pingora_http::RequestHeader,
+        session: &ServerSession,
+        upstream_request: &mut RequestHeader,
         context: &mut RequestContext,
     ) -> Result<()> {
         let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
@@ -339,12 +313,8 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        context: &mut RequestContext,
-    ) -> Result<()> {
+    /// The edge's part of the final response header: the request id and its cookies.
+    fn response_header(&self, upstream_response: &mut ResponseHeader, context: &mut RequestContext) -> Result<()> {
         if let Some(runtime) = &context.runtime {
             upstream_response.insert_header(runtime.names.request_id.clone(), context.request_id.clone())?;
         }
@@ -354,11 +324,12 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, context: &mut RequestContext) -> FailToProxy {
+    /// A request that could not be completed: answers with the mapped status when no response
+    /// has started, and never reuses the connection.
+    async fn fail(&self, session: &mut ServerSession, error: &Error, context: &mut RequestContext) {
+        session.set_keepalive(None);
         let rejection = match (error.esource(), error.etype()) {
-            (_, ErrorType::HTTPStatus(code)) => {
-                return self.fail_with_status(session, *code).await;
-            }
+            (_, ErrorType::HTTPStatus(code)) => return self.fail_with_status(session, *code).await,
             (
                 ErrorSource::Upstream,
                 ErrorType::ConnectTimedout
@@ -370,14 +341,9 @@ impl ProxyHttp for Edge {
             (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Rejection::UpstreamTimeout,
             (ErrorSource::Upstream, _) => Rejection::UpstreamFailed,
             (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) => {
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
-                };
+                return;
             }
-            (ErrorSource::Downstream, _) => {
-                return self.fail_with_status(session, 400).await;
-            }
+            (ErrorSource::Downstream, _) => return self.fail_with_status(session, 400).await,
             _ => return self.fail_with_status(session, 500).await,
         };
         if let (Some(runtime), Some(route)) = (&context.runtime, context.route) {
@@ -389,19 +355,21 @@ impl ProxyHttp for Edge {
                 .inc();
         }
         tracing::warn!(request_id = context.request_id.to_str().unwrap_or_default(), %error, "upstream exchange failed");
-        let status = rejection.status(context.tls);
         if session.response_written().is_none() {
             let _ = self.reject(session, context, rejection).await;
         } else {
             context.rejection = Some(rejection.code());
         }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
+    }
+
+    async fn fail_with_status(&self, session: &mut ServerSession, status: u16) {
+        if session.response_written().is_none() {
+            let _ = session.respond_error(status).await;
         }
     }
 
-    async fn logging(&self, session: &mut Session, _error: Option<&Error>, context: &mut RequestContext) {
+    /// Counts and logs the request, once.
+    fn log(&self, session: &ServerSession, context: &mut RequestContext) {
         if std::mem::take(&mut context.counted) {
             self.shared.request_finished();
         }
@@ -469,17 +437,5 @@ impl ProxyHttp for Edge {
             rejection: context.rejection,
         };
         self.shared.access_log.record(&entry);
-    }
-}
-
-impl Edge {
-    async fn fail_with_status(&self, session: &mut Session, status: u16) -> FailToProxy {
-        if session.response_written().is_none() {
-            let _ = session.respond_error(status).await;
-        }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
-        }
     }
 }

@@ -1,8 +1,8 @@
 //! The one place where a refusal becomes an HTTP status and body.
 
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 use crate::auth::AuthError;
 use crate::tenancy::host::HostError;
@@ -77,7 +77,7 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
 
 /// Writes a complete response the edge generated.
 pub async fn respond(
-    session: &mut Session,
+    session: &mut ServerSession,
     status: u16,
     headers: &[(&'static str, &str)],
     body: Bytes,
@@ -89,13 +89,11 @@ pub async fn respond(
     response.insert_header("content-length", body.len().to_string())?;
     response.insert_header("cache-control", "no-store")?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(response), head_only || body.is_empty())
-        .await?;
+    session.write_response_header(Box::new(response)).await?;
     if !head_only && !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
+        session.write_response_body(body, true).await?;
     }
-    Ok(())
+    session.finish_body().await
 }
 
 #[cfg(test)]

@@ -9,13 +9,17 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 
 use crate::config::{UpstreamSettings, UpstreamTarget};
 
 pub struct Target {
     pub config: UpstreamTarget,
     healthy: AtomicBool,
+    /// Built once: the request path borrows it.
+    peer: HttpPeer,
+    /// Identifies connections to this peer (address, TLS, SNI, options) in the idle pool.
+    pool_key: u64,
 }
 
 impl Target {
@@ -35,9 +39,14 @@ impl Upstream {
         Upstream {
             targets: targets
                 .iter()
-                .map(|config| Target {
-                    config: config.clone(),
-                    healthy: AtomicBool::new(true),
+                .map(|config| {
+                    let peer = peer(config, settings);
+                    Target {
+                        config: config.clone(),
+                        healthy: AtomicBool::new(true),
+                        pool_key: peer.reuse_hash(),
+                        peer,
+                    }
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -61,21 +70,18 @@ impl Upstream {
     }
 
     /// The pingora peer for target `index`, with the configured timeouts.
-    pub fn peer(&self, index: usize) -> Box<HttpPeer> {
-        let target = &self.targets[index].config;
-        let sni = if target.tls {
-            target.host.to_string()
-        } else {
-            String::new()
-        };
-        let mut peer = Box::new(HttpPeer::new(target.address, target.tls, sni));
-        let options = &mut peer.options;
-        options.connection_timeout = Some(self.settings.connect_timeout);
-        options.total_connection_timeout = Some(self.settings.connect_timeout * 2);
-        options.read_timeout = Some(self.settings.read_timeout);
-        options.write_timeout = Some(self.settings.write_timeout);
-        options.idle_timeout = Some(self.settings.idle_timeout);
-        peer
+    pub fn peer(&self, index: usize) -> &HttpPeer {
+        &self.targets[index].peer
+    }
+
+    /// The idle-pool key of target `index`.
+    pub fn pool_key(&self, index: usize) -> u64 {
+        self.targets[index].pool_key
+    }
+
+    /// How long an idle connection to these targets is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        self.settings.idle_timeout
     }
 
     /// Passive health: a failed connect takes the target out of rotation until it answers a check.
@@ -100,6 +106,22 @@ impl Upstream {
             }
         }
     }
+}
+
+fn peer(target: &UpstreamTarget, settings: &UpstreamSettings) -> HttpPeer {
+    let sni = if target.tls {
+        target.host.to_string()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(target.address, target.tls, sni);
+    let options = &mut peer.options;
+    options.connection_timeout = Some(settings.connect_timeout);
+    options.total_connection_timeout = Some(settings.connect_timeout * 2);
+    options.read_timeout = Some(settings.read_timeout);
+    options.write_timeout = Some(settings.write_timeout);
+    options.idle_timeout = Some(settings.idle_timeout);
+    peer
 }
 
 /// Checks every target periodically until the upstream is dropped (its snapshot was replaced).

@@ -1,0 +1,357 @@
+//! The request loop, on pingora-core directly.
+//!
+//! One task per downstream connection (per stream on HTTP/2) runs every phase of a request in
+//! order: read the header, admit (route, authorize, or answer), forward, log. Forwarding is one
+//! duplex loop in that same task, without channels or helper tasks: request body bytes go up as
+//! they arrive while the response is read, so an early upstream answer (a 413 before the body is
+//! sent) is delivered, and a `101` turns the exchange into a two-way byte pipe (WebSocket).
+//! Upstream connections come from the per-thread [`pool`]. This replaced pingora-proxy's generic
+//! pipeline (modules, cache hooks, per-request channels, a locked pool with an idle-watch task per
+//! connection), which cost more than half of the edge's CPU per request (see benches/README.md).
+//!
+//! Upstream requests are HTTP/1.1. What the client sent for this hop only is dropped (RFC 9110
+//! §7.6.1: the hop-by-hop fields and every field `Connection` nominates, bounded); WebSocket is the
+//! one upgrade passed through; HTTP/2 requests get `Host` from `:authority`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::{self, HeaderName};
+use http::{Method, Version};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::{HttpTask, ServerSession};
+use pingora_core::server::ShutdownWatch;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+
+use super::{Edge, RequestContext, pool};
+
+/// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1, RFC 9112
+/// §9.6, RFC 9113 §8.2.2).
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Most fields one request may nominate in `Connection`; more is refused with 400 (the list is
+/// parsed per request, so it is bounded).
+pub const MAX_CONNECTION_NOMINATIONS: usize = 32;
+
+#[async_trait]
+impl HttpServerApp for Edge {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            // Biased: a request already buffered is served even when shutdown begins.
+            biased;
+            read = session.read_request() => read,
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(error) => {
+                if matches!(error.etype(), ErrorType::InvalidHTTPHeader) {
+                    tracing::debug!(%error, "malformed request header");
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == Method::CONNECT {
+            // Tunnels are not proxied; the method also changes message framing (RFC 9112 §6.3).
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+
+        let mut context = self.new_context();
+        let outcome = match self.admit(&mut session, &mut context).await {
+            Ok(true) => Ok(()),
+            Ok(false) => self.forward(&mut session, &mut context).await,
+            Err(error) => Err(error.into_down()),
+        };
+        if let Err(error) = outcome {
+            self.fail(&mut session, &error, &mut context).await;
+        }
+        self.log(&session, &mut context);
+
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(reusable)) => Some(ReusedHttpStream::from_reusable_stream(reusable, settings)),
+            _ => None,
+        }
+    }
+}
+
+/// Why an exchange with one upstream connection ended early.
+struct Failure {
+    error: Box<Error>,
+    /// Nothing of the request took effect as far as the edge can tell: it may be sent again on
+    /// another connection.
+    replayable: bool,
+}
+
+impl Failure {
+    fn upstream(error: Box<Error>, replayable: bool) -> Self {
+        Failure {
+            error: error.into_up(),
+            replayable,
+        }
+    }
+
+    fn downstream(error: Box<Error>) -> Self {
+        Failure {
+            error: error.into_down(),
+            replayable: false,
+        }
+    }
+}
+
+impl Edge {
+    /// Sends the admitted request upstream and the response back. Connect failures move on to
+    /// the next target (once per target); a reused connection that turns out closed is replaced
+    /// when the request can be replayed.
+    async fn forward(&self, session: &mut ServerSession, context: &mut RequestContext) -> Result<()> {
+        let (Some(runtime), Some(route)) = (context.runtime.clone(), context.route) else {
+            return Error::e_explain(ErrorType::InternalError, "forward without a route");
+        };
+        let upstream = &runtime.applications[route.application as usize].upstream;
+        let body_expected = !session.is_body_empty();
+        let mut connect_attempts = 0;
+        loop {
+            let target = upstream.pick();
+            context.upstream_target = Some(target);
+            let peer = upstream.peer(target);
+            let key = upstream.pool_key(target);
+            let (stream, reused) = match pool::take(key, upstream.idle_timeout()) {
+                Some(stream) => (stream, true),
+                None => {
+                    connect_attempts += 1;
+                    match self.connector.new_stream(peer).await {
+                        Ok(stream) => (stream, false),
+                        Err(error) => {
+                            upstream.mark_down(target);
+                            if connect_attempts < upstream.targets().len() {
+                                continue;
+                            }
+                            return Err(error.into_up());
+                        }
+                    }
+                }
+            };
+            let mut request = upstream_request_header(session, body_expected).map_err(|e| e.into_down())?;
+            self.upstream_request(session, &mut request, context)?;
+            let mut client = UpstreamSession::new_with_options(stream, peer);
+            client.read_timeout = peer.options.read_timeout;
+            client.write_timeout = peer.options.write_timeout;
+            match self
+                .exchange(session, &mut client, request, body_expected, context)
+                .await
+            {
+                Ok(true) => {
+                    // Decides from the response (Connection, HTTP version, framing) whether the
+                    // upstream keeps the connection open.
+                    client.respect_keepalive();
+                    if let Some(stream) = client.reuse().await {
+                        pool::put(key, stream);
+                    }
+                    return Ok(());
+                }
+                Ok(false) => return Ok(()),
+                Err(failure) if reused && failure.replayable => {
+                    tracing::debug!(error = %failure.error, "reused upstream connection failed; replaying the request");
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    /// One request/response exchange on one upstream connection. Returns whether the upstream
+    /// connection can serve another request.
+    async fn exchange(
+        &self,
+        session: &mut ServerSession,
+        client: &mut UpstreamSession,
+        request: Box<RequestHeader>,
+        body_expected: bool,
+        context: &mut RequestContext,
+    ) -> std::result::Result<bool, Failure> {
+        let idempotent = is_idempotent(&request.method);
+        client
+            .write_request_header(request)
+            .await
+            .map_err(|e| Failure::upstream(e, true))?;
+        let mut request_done = !body_expected;
+        if request_done {
+            client
+                .finish_body()
+                .await
+                .map_err(|e| Failure::upstream(e, idempotent))?;
+        }
+        let mut body_sent = false;
+        let mut response_started = false;
+        let mut response_done = false;
+        let mut upgraded = false;
+        while !request_done || !response_done {
+            tokio::select! {
+                task = client.read_response_task(), if !response_done => {
+                    let replayable = idempotent && !body_sent && !response_started;
+                    let task = task.map_err(|e| Failure::upstream(e, replayable))?;
+                    response_started = true;
+                    match task {
+                        HttpTask::Header(mut header, end) => {
+                            if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                                if !client.was_upgraded() {
+                                    let error = Error::explain(ErrorType::InvalidHTTPHeader, "101 without an upgrade request");
+                                    return Err(Failure::upstream(error, false));
+                                }
+                                // From here on both directions carry raw bytes until one closes.
+                                upgraded = true;
+                                request_done = false;
+                            }
+                            if !header.status.is_informational() || upgraded {
+                                self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
+                            }
+                            session.write_response_header(header).await.map_err(Failure::downstream)?;
+                            response_done = end;
+                        }
+                        HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
+                            session
+                                .write_response_body(data.unwrap_or_default(), end)
+                                .await
+                                .map_err(Failure::downstream)?;
+                            response_done = end;
+                        }
+                        HttpTask::Trailer(trailers) => {
+                            if let Some(trailers) = trailers {
+                                session.write_response_trailers(*trailers).await.map_err(Failure::downstream)?;
+                            }
+                            response_done = true;
+                        }
+                        HttpTask::Done => response_done = true,
+                        HttpTask::Failed(error) => return Err(Failure::upstream(error, false)),
+                    }
+                    if response_done && upgraded {
+                        // The upstream closed the tunnel.
+                        request_done = true;
+                    } else if response_done && !request_done {
+                        // Answered before the whole request arrived: neither connection can be
+                        // reused, the rest of the request body is still in flight.
+                        session.set_keepalive(None);
+                        return Ok(false);
+                    }
+                }
+                body = session.read_request_body(), if !request_done => {
+                    match body.map_err(Failure::downstream)? {
+                        Some(data) => {
+                            body_sent = true;
+                            if upgraded {
+                                client.maybe_upgrade_body_writer();
+                            }
+                            client.write_body(&data).await.map_err(|e| Failure::upstream(e, false))?;
+                        }
+                        None => {
+                            if upgraded {
+                                client.maybe_upgrade_body_writer();
+                                // The client closed the tunnel.
+                                response_done = true;
+                            }
+                            client.finish_body().await.map_err(|e| Failure::upstream(e, false))?;
+                            request_done = true;
+                        }
+                    }
+                }
+            }
+        }
+        session.finish_body().await.map_err(Failure::downstream)?;
+        Ok(!upgraded)
+    }
+}
+
+/// The upstream copy of the request header, before the edge's own fields are added.
+fn upstream_request_header(session: &ServerSession, body_expected: bool) -> Result<Box<RequestHeader>> {
+    let downstream = session.req_header();
+    let mut request = Box::new(downstream.clone());
+    request.set_version(Version::HTTP_11);
+    let websocket = is_websocket_upgrade(downstream);
+
+    let mut nominations = 0;
+    for value in downstream.headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() {
+                continue;
+            }
+            nominations += 1;
+            if nominations > MAX_CONNECTION_NOMINATIONS {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "too many Connection nominations");
+            }
+            // An unparsable token names no field. Host is never dropped: it routes the request.
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && name != header::HOST
+            {
+                request.remove_header(&name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        request.remove_header(name);
+    }
+    if websocket {
+        request.insert_header(header::CONNECTION, "Upgrade")?;
+        request.insert_header(header::UPGRADE, "websocket")?;
+    }
+    if downstream.version == Version::HTTP_2
+        && let Some(authority) = downstream.uri.authority()
+    {
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid :authority"))?;
+        request.insert_header(header::HOST, host)?;
+    }
+    // The request body is re-framed for this hop: as received with Content-Length, else chunked.
+    if body_expected && !request.headers.contains_key(header::CONTENT_LENGTH) {
+        request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(request)
+}
+
+/// An HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.1): `Upgrade: websocket` nominated by
+/// `Connection: upgrade`.
+fn is_websocket_upgrade(request: &RequestHeader) -> bool {
+    let has_token = |name: HeaderName, wanted: &str| {
+        request.headers.get_all(name).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(wanted.as_bytes()))
+        })
+    };
+    request.version == Version::HTTP_11
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}
+
+/// Methods whose request can be sent again without changing the outcome (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
