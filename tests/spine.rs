@@ -380,6 +380,17 @@ fn request_bodies_are_streamed_and_hop_by_hop_fields_stop_at_the_edge() {
         }
     }
 
+    // An upstream that answers before reading the body: its answer reaches the client.
+    for version in ["--http1.1", "--http2"] {
+        let response = edge.curl(&[
+            version,
+            "--data-binary",
+            &payload_arg,
+            "https://login.acme.test/too-large",
+        ]);
+        assert_eq!(response.status, 413, "{version}: {response:?}");
+    }
+
     // Fields meant for this hop only do not reach the upstream, nor do the ones Connection names.
     let response = edge.curl(&[
         "--http1.1",

@@ -7,7 +7,7 @@
 //! Request bodies are read (`Content-Length` or chunked) and reported by length and framing.
 //! `/slow/{ms}` waits that long (at most 60 s) before answering, to test draining; `/close`
 //! answers and then closes the connection without announcing it, as an upstream whose idle
-//! timeout fires right after a response does.
+//! timeout fires right after a response does; `/too-large` answers 413 without reading the body.
 
 use std::net::SocketAddr;
 
@@ -78,6 +78,12 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
 
+        if target == "/too-large" {
+            // Refuses the body without reading it, as servers with an upload limit do.
+            let refusal = "HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            stream.write_all(refusal.as_bytes()).await?;
+            return Ok(());
+        }
         let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let length = if chunked {
             let Some(length) = read_chunked(&mut stream, &mut buffer).await? else {

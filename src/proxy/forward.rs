@@ -14,6 +14,7 @@
 //! one upgrade passed through; HTTP/2 requests get `Host` from `:authority`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::header::{self, HeaderName};
@@ -41,6 +42,9 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     header::UPGRADE,
     HeaderName::from_static("http2-settings"),
 ];
+
+/// How long the rest of a request body is read (and dropped) after the upstream answered early.
+pub const EARLY_ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most fields one request may nominate in `Connection`; more is refused with 400 (the list is
 /// parsed per request, so it is bounded).
@@ -210,11 +214,15 @@ impl Edge {
         let mut response_started = false;
         let mut response_done = false;
         let mut upgraded = false;
+        // The upstream stopped taking the body (it may be answering already: read on).
+        let mut write_failure: Option<Box<Error>> = None;
+        // The client is still sending a body nobody will read.
+        let mut body_left = false;
         while !request_done || !response_done {
             tokio::select! {
                 task = client.read_response_task(), if !response_done => {
                     let replayable = idempotent && !body_sent && !response_started;
-                    let task = task.map_err(|e| Failure::upstream(e, replayable))?;
+                    let task = task.map_err(|e| Failure::upstream(write_failure.take().unwrap_or(e), replayable))?;
                     response_started = true;
                     match task {
                         HttpTask::Header(mut header, end) => {
@@ -253,20 +261,28 @@ impl Edge {
                         // The upstream closed the tunnel.
                         request_done = true;
                     } else if response_done && !request_done {
-                        // Answered before the whole request arrived: neither connection can be
-                        // reused, the rest of the request body is still in flight.
-                        session.set_keepalive(None);
-                        return Ok(false);
+                        // Answered before the whole request arrived.
+                        body_left = true;
+                        break;
                     }
                 }
                 body = session.read_request_body(), if !request_done => {
                     match body.map_err(Failure::downstream)? {
+                        // An empty chunk would end a chunked upstream body early.
+                        Some(data) if data.is_empty() => {}
                         Some(data) => {
                             body_sent = true;
                             if upgraded {
                                 client.maybe_upgrade_body_writer();
                             }
-                            client.write_body(&data).await.map_err(|e| Failure::upstream(e, false))?;
+                            if let Err(error) = client.write_body(&data).await {
+                                if upgraded {
+                                    return Err(Failure::upstream(error, false));
+                                }
+                                write_failure = Some(error);
+                                request_done = true;
+                                body_left = true;
+                            }
                         }
                         None => {
                             if upgraded {
@@ -274,7 +290,9 @@ impl Edge {
                                 // The client closed the tunnel.
                                 response_done = true;
                             }
-                            client.finish_body().await.map_err(|e| Failure::upstream(e, false))?;
+                            if let Err(error) = client.finish_body().await {
+                                write_failure = Some(error);
+                            }
                             request_done = true;
                         }
                     }
@@ -282,7 +300,15 @@ impl Edge {
             }
         }
         session.finish_body().await.map_err(Failure::downstream)?;
-        Ok(!upgraded)
+        if body_left {
+            // Read the rest of the body so the client sees its answer rather than a reset and the
+            // connection may serve another request; a client that keeps sending loses it.
+            let drained = tokio::time::timeout(EARLY_ANSWER_DRAIN_TIMEOUT, session.drain_request_body()).await;
+            if !matches!(drained, Ok(Ok(()))) {
+                session.set_keepalive(None);
+            }
+        }
+        Ok(!upgraded && !body_left && write_failure.is_none())
     }
 }
 

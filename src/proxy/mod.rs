@@ -13,7 +13,10 @@
 //! 7. Every refusal goes through [`Rejection`], the one place that picks a status; every request
 //!    is counted and logged once.
 //!
-//! The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are atomics.
+//! The edge is its own HTTP application on pingora-core (`forward`): one task per connection or
+//! HTTP/2 stream runs read → admit → forward → log, with upstream connections from a per-thread
+//! pool (`pool`). The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are
+//! atomics, the pool is thread-local.
 
 mod forward;
 pub mod headers;
