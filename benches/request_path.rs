@@ -74,7 +74,7 @@ fn request_path(c: &mut Criterion) {
                 let forwarded = Forwarded {
                     application_id: &application,
                     tenant: Some(&tenant),
-                    host: "acme-app-acct.us.bench.test",
+                    host: &HeaderValue::from_static("acme-app-acct.us.bench.test"),
                     tls: true,
                     client_ip: Some("10.1.2.3".parse().unwrap()),
                     request_id: &request_id,

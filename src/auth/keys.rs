@@ -109,13 +109,16 @@ impl KeySource {
             return Ok(found);
         }
         let attempt = self.last_attempt_ms.load(Ordering::Acquire);
-        if attempt != 0 && self.now_ms().saturating_sub(attempt) < self.cooldown.as_millis() as u64 {
-            return Err(KeyError::UnknownKey);
-        }
+        let cooling = attempt != 0 && self.now_ms().saturating_sub(attempt) < self.cooldown.as_millis() as u64;
+        // Waits for a fetch under way (the first one after start or reload, a periodic refresh)
+        // rather than refusing a token whose key it is about to bring.
         let _guard = self.fetching.lock().await;
+        if cooling {
+            return self.lookup(kid).ok_or(KeyError::UnknownKey);
+        }
         // Someone else may have fetched while this one waited.
         if self.last_attempt_ms.load(Ordering::Acquire) == attempt {
-            self.refresh()
+            self.fetch()
                 .await
                 .map_err(|error| KeyError::Unavailable(error.to_string()))?;
         }
@@ -161,8 +164,14 @@ impl KeySource {
     }
 
     /// Fetches the key set (and, for discovery, the metadata) now. On failure the cached keys
-    /// stay.
+    /// stay. Lookups of unknown keys wait for it.
     pub async fn refresh(&self) -> Result<(), FetchError> {
+        let _guard = self.fetching.lock().await;
+        self.fetch().await
+    }
+
+    /// [`Self::refresh`], with `fetching` already held.
+    async fn fetch(&self) -> Result<(), FetchError> {
         self.last_attempt_ms.store(self.now_ms(), Ordering::Release);
         let jwks_url = match &self.origin {
             Origin::Jwks(url) => url.clone(),
@@ -284,5 +293,51 @@ mod tests {
             first_attempt,
             "no fetch inside the cool-down"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lookup_during_a_fetch_waits_for_its_keys() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A key server that takes 200 ms to answer, like an IdP at start-up.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let body = serde_json::json!({ "keys": [
+            { "kty": "EC", "crv": "P-256", "kid": "ec", "use": "sig", "alg": "ES256",
+              "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0" }
+        ]})
+        .to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 2048];
+                    let _ = stream.read(&mut request).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        let source = Arc::new(KeySource::new(
+            Origin::Jwks(format!("http://{address}/jwks")),
+            Arc::new(IdpClient::new()),
+            Duration::from_secs(60),
+        ));
+        let background = tokio::spawn({
+            let source = source.clone();
+            async move { source.refresh().await }
+        });
+        // The background fetch has started (and stamped its attempt) before the lookup.
+        while source.last_attempt_ms.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            source.key(Some("ec")).await.is_ok(),
+            "a token arriving while the keys are being fetched is not refused"
+        );
+        background.await.unwrap().unwrap();
     }
 }

@@ -126,7 +126,7 @@ pub struct Forwarded<'a> {
     pub application_id: &'a HeaderValue,
     pub tenant: Option<&'a TenantValues>,
     /// Normalized host the request was resolved with.
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
     pub tls: bool,
     pub client_ip: Option<IpAddr>,
     pub request_id: &'a HeaderValue,
@@ -146,7 +146,7 @@ pub fn rewrite(
         request.insert_header(names.tenant_id.clone(), tenant.id.clone())?;
         request.insert_header(names.tenant_domain.clone(), tenant.domain_name.clone())?;
     }
-    request.insert_header(names.forwarded_host.clone(), forwarded.host)?;
+    request.insert_header(names.forwarded_host.clone(), forwarded.host.clone())?;
     request.insert_header(
         names.forwarded_proto.clone(),
         HeaderValue::from_static(if forwarded.tls { "https" } else { "http" }),
@@ -273,7 +273,7 @@ mod tests {
         let forwarded = Forwarded {
             application_id: &application_id,
             tenant: Some(&tenant),
-            host: "acme.auth.portal.io",
+            host: &HeaderValue::from_static("acme.auth.portal.io"),
             tls: true,
             client_ip: Some("10.1.2.3".parse().unwrap()),
             request_id: &request_id,

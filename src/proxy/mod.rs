@@ -298,7 +298,8 @@ impl Edge {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
         let application = &runtime.applications[route.application as usize];
-        let host = context.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let no_host = HeaderValue::from_static("");
+        let host = context.host.as_ref().unwrap_or(&no_host);
         let forwarded = headers::Forwarded {
             application_id: &application.id,
             tenant: route.tenant.map(|tenant| &application.tenants[tenant as usize]),
