@@ -7,7 +7,9 @@
 //! Request bodies are read (`Content-Length` or chunked) and reported by length and framing.
 //! `/slow/{ms}` waits that long (at most 60 s) before answering, to test draining; `/close`
 //! answers and then closes the connection without announcing it, as an upstream whose idle
-//! timeout fires right after a response does; `/too-large` answers 413 without reading the body.
+//! timeout fires right after a response does; `/too-large` answers 413 without reading the body;
+//! `/truncated` starts a chunked answer and closes the connection halfway, as an upstream that
+//! crashes mid-response.
 
 use std::net::SocketAddr;
 
@@ -78,6 +80,11 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
 
+        if target == "/truncated" {
+            let partial = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\npartia\r\n";
+            stream.write_all(partial.as_bytes()).await?;
+            return Ok(());
+        }
         if target == "/too-large" {
             // Refuses the body without reading it, as servers with an upload limit do.
             let refusal = "HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";

@@ -11,14 +11,16 @@
 //!
 //! Upstream requests are HTTP/1.1. What the client sent for this hop only is dropped (RFC 9110
 //! §7.6.1: the hop-by-hop fields and every field `Connection` nominates, bounded); WebSocket is the
-//! one upgrade passed through; HTTP/2 requests get `Host` from `:authority`.
+//! one upgrade passed through; HTTP/2 requests get `Host` from `:authority` (the header is built
+//! by [`super::headers::upstream_request`]). A response cut short is never finished as if whole:
+//! the connection closes (HTTP/1) or the stream is reset (HTTP/2). A reused connection that fails
+//! before anything came back is replaced once, by a new one, for idempotent requests.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::header::{self, HeaderName};
-use http::{Method, Version};
+use http::Method;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
@@ -28,27 +30,8 @@ use pingora_http::RequestHeader;
 
 use super::{Edge, RequestContext, pool};
 
-/// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1, RFC 9112
-/// §9.6, RFC 9113 §8.2.2).
-const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
-
 /// How long the rest of a request body is read (and dropped) after the upstream answered early.
 pub const EARLY_ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Most fields one request may nominate in `Connection`; more is refused with 400 (the list is
-/// parsed per request, so it is bounded).
-pub const MAX_CONNECTION_NOMINATIONS: usize = 32;
 
 #[async_trait]
 impl HttpServerApp for Edge {
@@ -76,8 +59,9 @@ impl HttpServerApp for Edge {
                 return None;
             }
         }
-        if session.req_header().method == Method::CONNECT {
+        if matches!(session.req_header().method, Method::CONNECT | Method::TRACE) {
             // Tunnels are not proxied; the method also changes message framing (RFC 9112 §6.3).
+            // TRACE would echo the edge's identity fields (assertion, access token) back.
             let _ = session.respond_error(405).await;
             session.shutdown().await;
             return None;
@@ -92,10 +76,19 @@ impl HttpServerApp for Edge {
             Ok(false) => self.forward(&mut session, &mut context).await,
             Err(error) => Err(error.into_down()),
         };
+        let mut truncated = false;
         if let Err(error) = outcome {
+            // A response already under way cannot be finished: ending it normally (a last chunk,
+            // an HTTP/2 END_STREAM) would pass a truncated body off as complete.
+            truncated = session.response_written().is_some();
             self.fail(&mut session, &error, &mut context).await;
         }
         self.log(&session, &mut context);
+        if truncated {
+            // HTTP/1: the connection closes mid-body; HTTP/2: the stream is reset.
+            session.shutdown().await;
+            return None;
+        }
 
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
@@ -139,13 +132,23 @@ impl Edge {
         };
         let upstream = &runtime.applications[route.application as usize].upstream;
         let body_expected = !session.is_body_empty();
+        // Built before any connection is taken: a request the edge refuses costs none.
+        let mut prepared = Some(self.upstream_request(session, context, body_expected)?);
         let mut connect_attempts = 0;
+        // A reused connection that failed is replaced once, by a new connection: a hung upstream
+        // is not asked again on every idle connection of the pool.
+        let mut replayed = false;
         loop {
             let target = upstream.pick();
             context.upstream_target = Some(target);
             let peer = upstream.peer(target);
             let key = upstream.pool_key(target);
-            let (stream, reused) = match pool::take(key, upstream.idle_timeout()) {
+            let pooled = if replayed {
+                None
+            } else {
+                pool::take(key, upstream.idle_timeout())
+            };
+            let (stream, reused) = match pooled {
                 Some(stream) => (stream, true),
                 None => {
                     connect_attempts += 1;
@@ -161,8 +164,11 @@ impl Edge {
                     }
                 }
             };
-            let mut request = upstream_request_header(session, body_expected).map_err(|e| e.into_down())?;
-            self.upstream_request(session, &mut request, context)?;
+            let request = match prepared.take() {
+                Some(request) => request,
+                // Only a replay gets here (the first header went out): built again, as it was.
+                None => self.upstream_request(session, context, body_expected)?,
+            };
             let mut client = UpstreamSession::new_with_options(stream, peer);
             client.read_timeout = peer.options.read_timeout;
             client.write_timeout = peer.options.write_timeout;
@@ -180,7 +186,8 @@ impl Edge {
                     return Ok(());
                 }
                 Ok(false) => return Ok(()),
-                Err(failure) if reused && failure.replayable => {
+                Err(failure) if reused && failure.replayable && !replayed => {
+                    replayed = true;
                     tracing::debug!(error = %failure.error, "reused upstream connection failed; replaying the request");
                 }
                 Err(failure) => return Err(failure.error),
@@ -222,7 +229,11 @@ impl Edge {
             tokio::select! {
                 task = client.read_response_task(), if !response_done => {
                     let replayable = idempotent && !body_sent && !response_started;
-                    let task = task.map_err(|e| Failure::upstream(write_failure.take().unwrap_or(e), replayable))?;
+                    let task = task.map_err(|e| {
+                        // A timeout says the upstream got the request and is slow: never sent again.
+                        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+                        Failure::upstream(write_failure.take().unwrap_or(e), replayable && !timed_out)
+                    })?;
                     response_started = true;
                     match task {
                         HttpTask::Header(mut header, end) => {
@@ -310,68 +321,6 @@ impl Edge {
         }
         Ok(!upgraded && !body_left && write_failure.is_none())
     }
-}
-
-/// The upstream copy of the request header, before the edge's own fields are added.
-fn upstream_request_header(session: &ServerSession, body_expected: bool) -> Result<Box<RequestHeader>> {
-    let downstream = session.req_header();
-    let mut request = Box::new(downstream.clone());
-    request.set_version(Version::HTTP_11);
-    let websocket = is_websocket_upgrade(downstream);
-
-    let mut nominations = 0;
-    for value in downstream.headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
-            if token.is_empty() {
-                continue;
-            }
-            nominations += 1;
-            if nominations > MAX_CONNECTION_NOMINATIONS {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "too many Connection nominations");
-            }
-            // An unparsable token names no field. Host is never dropped: it routes the request.
-            if let Ok(name) = HeaderName::from_bytes(token)
-                && name != header::HOST
-            {
-                request.remove_header(&name);
-            }
-        }
-    }
-    for name in &HOP_BY_HOP {
-        request.remove_header(name);
-    }
-    if websocket {
-        request.insert_header(header::CONNECTION, "Upgrade")?;
-        request.insert_header(header::UPGRADE, "websocket")?;
-    }
-    if downstream.version == Version::HTTP_2
-        && let Some(authority) = downstream.uri.authority()
-    {
-        let host = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid :authority"))?;
-        request.insert_header(header::HOST, host)?;
-    }
-    // The request body is re-framed for this hop: as received with Content-Length, else chunked.
-    if body_expected && !request.headers.contains_key(header::CONTENT_LENGTH) {
-        request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-    }
-    Ok(request)
-}
-
-/// An HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.1): `Upgrade: websocket` nominated by
-/// `Connection: upgrade`.
-fn is_websocket_upgrade(request: &RequestHeader) -> bool {
-    let has_token = |name: HeaderName, wanted: &str| {
-        request.headers.get_all(name).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&byte| byte == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(wanted.as_bytes()))
-        })
-    };
-    request.version == Version::HTTP_11
-        && has_token(header::UPGRADE, "websocket")
-        && has_token(header::CONNECTION, "upgrade")
 }
 
 /// Methods whose request can be sent again without changing the outcome (RFC 9110 §9.2.2).

@@ -5,11 +5,13 @@
 //! variable, so `X_Tenant_Id` would otherwise smuggle a tenant past the edge.
 
 use std::collections::HashSet;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Version};
 use pingora_http::RequestHeader;
 
 use crate::config::{HeaderNames, RESERVED_USER_HEADER_PREFIX};
@@ -41,65 +43,19 @@ impl ReservedHeaders {
         }
         let mut buffer = [0u8; 128];
         let Some(slot) = buffer.get_mut(..name.len()) else {
-            return false; // longer than any reserved name
+            // Longer than any exact reserved name (so longer than the prefix, which still
+            // applies in any spelling).
+            let prefix = RESERVED_USER_HEADER_PREFIX.as_bytes();
+            return name.as_bytes()[..prefix.len()]
+                .iter()
+                .zip(prefix)
+                .all(|(&byte, &wanted)| byte == wanted || (byte == b'_' && wanted == b'-'));
         };
         for (out, byte) in slot.iter_mut().zip(name.bytes()) {
             *out = if byte == b'_' { b'-' } else { byte };
         }
         let dashed = std::str::from_utf8(slot).unwrap_or_default();
         dashed.starts_with(RESERVED_USER_HEADER_PREFIX) || self.exact.contains(dashed)
-    }
-}
-
-/// Removes every client-sent copy of a reserved header.
-pub fn strip_reserved(request: &mut RequestHeader, reserved: &ReservedHeaders) {
-    let doomed: Vec<http::HeaderName> = request
-        .headers
-        .keys()
-        .filter(|name| reserved.is_reserved(name.as_str()))
-        .cloned()
-        .collect();
-    for name in &doomed {
-        request.remove_header(name);
-    }
-}
-
-/// Header names as shared bytes, so inserting them copies nothing but a reference count.
-#[derive(Clone)]
-pub struct NameBytes {
-    pub tenant_id: Bytes,
-    pub tenant_domain: Bytes,
-    pub application_id: Bytes,
-    pub forwarded_host: Bytes,
-    pub forwarded_proto: Bytes,
-    pub forwarded_for: Bytes,
-    pub request_id: Bytes,
-    pub user_id: Bytes,
-    pub user_email: Bytes,
-    pub idp_name: Bytes,
-    pub client_id: Bytes,
-    pub access_token: Bytes,
-    pub assertion: Bytes,
-}
-
-impl NameBytes {
-    pub fn new(names: &HeaderNames) -> Self {
-        let bytes = |name: &http::HeaderName| Bytes::copy_from_slice(name.as_str().as_bytes());
-        NameBytes {
-            tenant_id: bytes(&names.tenant_id),
-            tenant_domain: bytes(&names.tenant_domain),
-            application_id: bytes(&names.application_id),
-            forwarded_host: bytes(&names.forwarded_host),
-            forwarded_proto: bytes(&names.forwarded_proto),
-            forwarded_for: bytes(&names.forwarded_for),
-            request_id: bytes(&names.request_id),
-            user_id: bytes(&names.user_id),
-            user_email: bytes(&names.user_email),
-            idp_name: bytes(&names.idp_name),
-            client_id: bytes(&names.client_id),
-            access_token: bytes(&names.access_token),
-            assertion: bytes(&names.assertion),
-        }
     }
 }
 
@@ -133,29 +89,200 @@ pub struct Forwarded<'a> {
     pub identity: Option<&'a IdentityValues>,
 }
 
-/// Strips client copies of reserved headers and sets the edge's own.
-pub fn rewrite(
-    request: &mut RequestHeader,
+/// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1, RFC 9112
+/// §9.6, RFC 9113 §8.2.2).
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Most fields one request may nominate in `Connection`; more is refused with 400 (the list is
+/// parsed per request, so it is bounded).
+pub const MAX_CONNECTION_NOMINATIONS: usize = 32;
+
+/// Room for the fields the edge adds (its own, `Host`, framing and upgrade fields), so building
+/// the upstream header never grows the map.
+const EDGE_FIELDS: usize = 18;
+
+fn invalid(why: &'static str) -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(pingora_error::ErrorType::InvalidHTTPHeader, why)
+}
+
+/// The upstream's request header, built in one pass over the client's: HTTP/1.1, origin-form
+/// target; the client's fields minus the hop-by-hop ones, every field `Connection` nominates
+/// (never `Host`) and client copies of reserved fields; the edge's own fields; `Host` from
+/// `:authority` on HTTP/2 (whose split `Cookie` fields are joined, RFC 9113 §8.2.3); one
+/// canonical `Content-Length`, else `Transfer-Encoding: chunked` when a body follows; WebSocket as
+/// the one upgrade passed through. Field names go out in lower case (common standard ones titled):
+/// they are case-insensitive (RFC 9110 §5.1), and no per-request case map is built.
+pub fn upstream_request(
+    downstream: &RequestHeader,
     reserved: &ReservedHeaders,
-    names: &NameBytes,
+    names: &HeaderNames,
     forwarded: &Forwarded<'_>,
-) -> pingora_error::Result<()> {
-    strip_reserved(request, reserved);
-    request.insert_header(names.application_id.clone(), forwarded.application_id.clone())?;
-    if let Some(tenant) = forwarded.tenant {
-        request.insert_header(names.tenant_id.clone(), tenant.id.clone())?;
-        request.insert_header(names.tenant_domain.clone(), tenant.domain_name.clone())?;
+    body_expected: bool,
+) -> pingora_error::Result<Box<RequestHeader>> {
+    let too_many = |_| invalid("too many header fields");
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for value in downstream.headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() {
+                continue;
+            }
+            if nominated.len() == MAX_CONNECTION_NOMINATIONS {
+                return Err(invalid("too many Connection nominations"));
+            }
+            // An unparsable token names no field. Host is never dropped: it routes the request.
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && name != header::HOST
+            {
+                nominated.push(name);
+            }
+        }
     }
-    request.insert_header(names.forwarded_host.clone(), forwarded.host.clone())?;
-    request.insert_header(
+    let http2 = downstream.version == Version::HTTP_2;
+    let mut fields = HeaderMap::try_with_capacity(downstream.headers.len() + EDGE_FIELDS).map_err(too_many)?;
+    let mut cookies: Option<Vec<u8>> = None;
+    for (name, value) in &downstream.headers {
+        if HOP_BY_HOP.contains(name)
+            || *name == header::CONTENT_LENGTH
+            || nominated.contains(name)
+            || reserved.is_reserved(name.as_str())
+        {
+            continue;
+        }
+        if http2 && *name == header::COOKIE {
+            let joined = cookies.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(value.as_bytes());
+            continue;
+        }
+        fields.try_append(name.clone(), value.clone()).map_err(too_many)?;
+    }
+    if let Some(joined) = cookies {
+        let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).map_err(|_| invalid("invalid cookie"))?;
+        fields.try_insert(header::COOKIE, value).map_err(too_many)?;
+    }
+    if is_websocket_upgrade(downstream) {
+        fields
+            .try_insert(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+            .map_err(too_many)?;
+        fields
+            .try_insert(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .map_err(too_many)?;
+    }
+    if http2 && let Some(authority) = downstream.uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("invalid :authority"))?;
+        fields.try_insert(header::HOST, host).map_err(too_many)?;
+    }
+    add_edge_fields(&mut fields, names, forwarded).map_err(too_many)?;
+    // The body is re-framed for this hop: with the length the request was framed by (one
+    // canonical value, never a list a lenient upstream could read differently), else chunked.
+    let length = if nominated.contains(&header::CONTENT_LENGTH) {
+        None
+    } else {
+        content_length(&downstream.headers)
+    };
+    match length {
+        Some(length) => {
+            fields
+                .try_insert(header::CONTENT_LENGTH, HeaderValue::from(length))
+                .map_err(too_many)?;
+        }
+        None if body_expected => {
+            fields
+                .try_insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))
+                .map_err(too_many)?;
+        }
+        None => {}
+    }
+
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = downstream.method.clone();
+    parts.uri = downstream
+        .uri
+        .path_and_query()
+        .map_or_else(|| http::Uri::from_static("/"), |path| http::Uri::from(path.clone()));
+    parts.version = Version::HTTP_11;
+    parts.headers = fields;
+    let mut request = Box::new(RequestHeader::from(parts));
+    let raw = downstream.raw_path();
+    if !downstream.raw_path_is_utf8() && raw.starts_with(b"/") {
+        // Non-UTF-8 bytes go on as received, not as the URI's lossy rendering.
+        request.set_raw_path(raw)?;
+    }
+    Ok(request)
+}
+
+/// The request's `Content-Length`, when every copy (and every list element) agrees; pingora has
+/// framed the request by it and refused disagreeing values.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for element in value.as_bytes().split(|&byte| byte == b',') {
+            let parsed: u64 = std::str::from_utf8(element.trim_ascii()).ok()?.parse().ok()?;
+            if length.is_some_and(|known| known != parsed) {
+                return None;
+            }
+            length = Some(parsed);
+        }
+    }
+    length
+}
+
+/// An HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.1): `Upgrade: websocket` nominated by
+/// `Connection: upgrade`.
+pub fn is_websocket_upgrade(request: &RequestHeader) -> bool {
+    let has_token = |name: HeaderName, wanted: &str| {
+        request.headers.get_all(name).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(wanted.as_bytes()))
+        })
+    };
+    request.version == Version::HTTP_11
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}
+
+/// Sets the edge's own fields (client copies were never copied: see [`ReservedHeaders`]).
+pub fn add_edge_fields(
+    fields: &mut HeaderMap,
+    names: &HeaderNames,
+    forwarded: &Forwarded<'_>,
+) -> Result<(), http::header::MaxSizeReached> {
+    fields.try_insert(names.application_id.clone(), forwarded.application_id.clone())?;
+    if let Some(tenant) = forwarded.tenant {
+        fields.try_insert(names.tenant_id.clone(), tenant.id.clone())?;
+        fields.try_insert(names.tenant_domain.clone(), tenant.domain_name.clone())?;
+    }
+    fields.try_insert(names.forwarded_host.clone(), forwarded.host.clone())?;
+    fields.try_insert(
         names.forwarded_proto.clone(),
         HeaderValue::from_static(if forwarded.tls { "https" } else { "http" }),
     )?;
     if let Some(ip) = forwarded.client_ip {
-        // The edge is the first hop: the client's own X-Forwarded-For was stripped above.
-        request.insert_header(names.forwarded_for.clone(), ip.to_string())?;
+        // The edge is the first hop: the client's own X-Forwarded-For was not copied.
+        let mut text = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(cursor, "{ip}");
+        let written = usize::try_from(cursor.position()).unwrap_or_default();
+        if let Ok(value) = HeaderValue::from_bytes(&text[..written]) {
+            fields.try_insert(names.forwarded_for.clone(), value)?;
+        }
     }
-    request.insert_header(names.request_id.clone(), forwarded.request_id.clone())?;
+    fields.try_insert(names.request_id.clone(), forwarded.request_id.clone())?;
     if let Some(identity) = forwarded.identity {
         let pairs = [
             (&names.user_id, &identity.user_id),
@@ -167,7 +294,7 @@ pub fn rewrite(
         ];
         for (name, value) in pairs {
             if let Some(value) = value {
-                request.insert_header(name.clone(), value.clone())?;
+                fields.try_insert(name.clone(), value.clone())?;
             }
         }
     }
@@ -242,18 +369,26 @@ mod tests {
         ] {
             assert!(reserved.is_reserved(name), "{name}");
         }
+        let long = format!("x_user_{}", "a".repeat(200));
+        assert!(reserved.is_reserved(&long));
         for name in ["x-tenantid", "accept", "x-users", "user-agent", "cookie"] {
             assert!(!reserved.is_reserved(name), "{name}");
         }
+        assert!(!reserved.is_reserved(&format!("x_other_{}", "a".repeat(200))));
     }
 
     #[test]
-    fn rewrite_strips_spoofed_headers_and_sets_the_edges_own() {
+    fn upstream_request_strips_spoofed_and_hop_by_hop_fields_and_sets_the_edges_own() {
         let names = names();
         let reserved = ReservedHeaders::new(&names);
-        let bytes = NameBytes::new(&names);
-        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut request = RequestHeader::build("POST", b"/orders?page=2", None).unwrap();
         for (name, value) in [
+            ("Host", "acme.auth.portal.io"),
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Content-Length", "5, 5"),
             ("X-Tenant-Id", "evil"),
             ("x_tenant_id", "evil"),
             ("X-User-Id", "root"),
@@ -279,7 +414,9 @@ mod tests {
             request_id: &request_id,
             identity: None,
         };
-        rewrite(&mut request, &reserved, &bytes, &forwarded).unwrap();
+        let request = upstream_request(&request, &reserved, &names, &forwarded, true).unwrap();
+        assert_eq!(request.version, Version::HTTP_11);
+        assert_eq!(request.raw_path(), b"/orders?page=2");
         let header = |name: &str| {
             request
                 .headers
@@ -300,6 +437,11 @@ mod tests {
         assert_eq!(header("x-application-id"), ["portal"]);
         assert_eq!(header("x-request-id"), ["rid"]);
         assert_eq!(header("accept"), ["text/html"]);
+        assert_eq!(header("host"), ["acme.auth.portal.io"]);
+        assert_eq!(header("content-length"), ["5"], "one canonical length");
+        for gone in ["connection", "x-hop", "keep-alive", "te", "transfer-encoding"] {
+            assert!(header(gone).is_empty(), "{gone}");
+        }
         let mut wire = Vec::new();
         request.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire).unwrap();
@@ -307,6 +449,61 @@ mod tests {
             !wire.contains("evil") && !wire.contains("root") && !wire.contains("1.2.3.4"),
             "{wire}"
         );
+    }
+
+    fn forwarded<'a>(request_id: &'a HeaderValue, host: &'a HeaderValue) -> Forwarded<'a> {
+        Forwarded {
+            application_id: request_id,
+            tenant: None,
+            host,
+            tls: true,
+            client_ip: None,
+            request_id,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn http2_requests_get_host_from_authority_joined_cookies_and_a_framed_body() {
+        let names = names();
+        let reserved = ReservedHeaders::new(&names);
+        let mut request = RequestHeader::build("POST", b"/submit", None).unwrap();
+        request.set_uri("https://acme.auth.portal.io/submit".parse().unwrap());
+        request.set_version(Version::HTTP_2);
+        request.append_header("cookie", "a=1").unwrap();
+        request.append_header("cookie", "b=2").unwrap();
+        let value = HeaderValue::from_static("x");
+        let request = upstream_request(&request, &reserved, &names, &forwarded(&value, &value), true).unwrap();
+        assert_eq!(request.raw_path(), b"/submit", "origin-form towards the upstream");
+        assert_eq!(request.headers.get("host").unwrap(), "acme.auth.portal.io");
+        assert_eq!(request.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(request.headers.get("cookie").unwrap(), "a=1; b=2");
+        assert_eq!(request.headers.get("transfer-encoding").unwrap(), "chunked");
+    }
+
+    #[test]
+    fn websocket_is_the_one_upgrade_passed_and_nominations_are_bounded() {
+        let names = names();
+        let reserved = ReservedHeaders::new(&names);
+        let value = HeaderValue::from_static("x");
+        let mut request = RequestHeader::build("GET", b"/socket", None).unwrap();
+        request.append_header("Connection", "Upgrade").unwrap();
+        request.append_header("Upgrade", "websocket").unwrap();
+        let upgraded = upstream_request(&request, &reserved, &names, &forwarded(&value, &value), false).unwrap();
+        assert_eq!(upgraded.headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(upgraded.headers.get("connection").unwrap(), "Upgrade");
+        assert!(upgraded.headers.get("transfer-encoding").is_none());
+
+        let mut other = RequestHeader::build("GET", b"/", None).unwrap();
+        other.append_header("Connection", "Upgrade").unwrap();
+        other.append_header("Upgrade", "h2c").unwrap();
+        let plain = upstream_request(&other, &reserved, &names, &forwarded(&value, &value), false).unwrap();
+        assert!(plain.headers.get("upgrade").is_none() && plain.headers.get("connection").is_none());
+
+        let mut flood = RequestHeader::build("GET", b"/", None).unwrap();
+        let tokens: Vec<String> = (0..=MAX_CONNECTION_NOMINATIONS).map(|i| format!("x-{i}")).collect();
+        flood.append_header("Connection", tokens.join(",")).unwrap();
+        assert!(upstream_request(&flood, &reserved, &names, &forwarded(&value, &value), false).is_err());
     }
 
     #[test]

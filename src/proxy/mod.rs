@@ -287,13 +287,14 @@ impl Edge {
         }
     }
 
-    /// The edge's part of the upstream request: identity headers out, the edge's own in.
+    /// The upstream request header: the client's minus hop-by-hop and identity fields, plus the
+    /// edge's own (see [`headers::upstream_request`]).
     fn upstream_request(
         &self,
         session: &ServerSession,
-        upstream_request: &mut RequestHeader,
         context: &mut RequestContext,
-    ) -> Result<()> {
+        body_expected: bool,
+    ) -> Result<Box<RequestHeader>> {
         let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
@@ -312,15 +313,22 @@ impl Edge {
             request_id: &context.request_id,
             identity: context.identity.as_ref(),
         };
-        headers::rewrite(upstream_request, &runtime.reserved, &runtime.names, &forwarded)?;
+        let request = headers::upstream_request(
+            session.req_header(),
+            &runtime.reserved,
+            &runtime.names,
+            &forwarded,
+            body_expected,
+        )
+        .map_err(|e| e.into_down())?;
         context.upstream_started = Some(Instant::now());
-        Ok(())
+        Ok(request)
     }
 
     /// The edge's part of the final response header: the request id and its cookies.
     fn response_header(&self, upstream_response: &mut ResponseHeader, context: &mut RequestContext) -> Result<()> {
         if let Some(runtime) = &context.runtime {
-            upstream_response.insert_header(runtime.names.request_id.clone(), context.request_id.clone())?;
+            upstream_response.insert_header(runtime.request_id_name.clone(), context.request_id.clone())?;
         }
         for cookie in context.set_cookies.drain(..) {
             upstream_response.append_header("set-cookie", cookie)?;

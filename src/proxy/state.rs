@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use super::headers::{NameBytes, RequestIds, ReservedHeaders, TenantValues};
+use super::headers::{RequestIds, ReservedHeaders, TenantValues};
 use super::upstream::Upstream;
 use crate::auth::{self, AuthService};
-use crate::config::Snapshot;
+use crate::config::{HeaderNames, Snapshot};
 use crate::metrics::ApplicationMetrics;
 use crate::ops::access_log::AccessLog;
 use crate::tls::CertificateStore;
@@ -29,7 +29,9 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub applications: Box<[ApplicationRuntime]>,
     pub reserved: ReservedHeaders,
-    pub names: NameBytes,
+    pub names: HeaderNames,
+    /// The request id field's name as shared bytes: set on every response without a copy.
+    pub request_id_name: bytes::Bytes,
 }
 
 pub struct ApplicationRuntime {
@@ -67,7 +69,8 @@ impl Runtime {
             .collect();
         Runtime {
             reserved: ReservedHeaders::new(&snapshot.headers),
-            names: NameBytes::new(&snapshot.headers),
+            names: snapshot.headers.clone(),
+            request_id_name: bytes::Bytes::copy_from_slice(snapshot.headers.request_id.as_str().as_bytes()),
             applications,
             snapshot,
         }
