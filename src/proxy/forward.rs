@@ -143,11 +143,7 @@ impl Edge {
             context.upstream_target = Some(target);
             let peer = upstream.peer(target);
             let key = upstream.pool_key(target);
-            let pooled = if replayed {
-                None
-            } else {
-                pool::take(key, upstream.idle_timeout())
-            };
+            let pooled = if replayed { None } else { pool::take(key) };
             let (stream, reused) = match pooled {
                 Some(stream) => (stream, true),
                 None => {
@@ -181,7 +177,7 @@ impl Edge {
                     // upstream keeps the connection open.
                     client.respect_keepalive();
                     if let Some(stream) = client.reuse().await {
-                        pool::put(key, stream);
+                        pool::put(key, stream, upstream.idle_timeout());
                     }
                     return Ok(());
                 }
@@ -225,6 +221,9 @@ impl Edge {
         let mut write_failure: Option<Box<Error>> = None;
         // The client is still sending a body nobody will read.
         let mut body_left = false;
+        // A final answer began before the whole body went up: the upstream may not have read it,
+        // so the connection is not trusted with another request.
+        let mut answered_early = false;
         while !request_done || !response_done {
             tokio::select! {
                 task = client.read_response_task(), if !response_done => {
@@ -237,6 +236,7 @@ impl Edge {
                     response_started = true;
                     match task {
                         HttpTask::Header(mut header, end) => {
+                            answered_early |= !request_done && !header.status.is_informational();
                             if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
                                 if !client.was_upgraded() {
                                     let error = Error::explain(ErrorType::InvalidHTTPHeader, "101 without an upgrade request");
@@ -319,7 +319,7 @@ impl Edge {
                 session.set_keepalive(None);
             }
         }
-        Ok(!upgraded && !body_left && write_failure.is_none())
+        Ok(!upgraded && !body_left && !answered_early && write_failure.is_none())
     }
 }
 

@@ -3,7 +3,9 @@
 //! Each pingora worker runs its own single-threaded runtime, so a thread-local pool needs no lock
 //! and no task per idle connection: a connection is taken by the request that needs it and put
 //! back when its exchange ended cleanly. Newest first (the one most likely still open); entries
-//! idle longer than the upstream's idle timeout are dropped when met, and at most
+//! idle longer than the upstream's idle timeout are dropped when met, and every
+//! [`SWEEP_INTERVAL`] a `put` drops the expired ones of every peer (peers no request asks for
+//! any more, such as targets a reload removed, do not keep their sockets); at most
 //! [`MAX_IDLE_PER_PEER`] are kept per peer and thread. Before a connection is handed out, one
 //! non-blocking peek checks that the upstream has neither closed it nor sent anything unasked
 //! (either way it is dropped). A close racing that check is found by the exchange itself, which
@@ -21,16 +23,27 @@ use pingora_core::protocols::Stream;
 /// Most idle connections kept per upstream peer and worker thread; the oldest goes first.
 pub const MAX_IDLE_PER_PEER: usize = 256;
 
-thread_local! {
-    static IDLE: RefCell<HashMap<u64, VecDeque<(Stream, Instant)>>> = RefCell::new(HashMap::new());
+/// How often expired connections of every peer are dropped (by the next `put`).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Idle connections by peer key, each with the instant it expires.
+#[derive(Default)]
+struct Idle {
+    peers: HashMap<u64, VecDeque<(Stream, Instant)>>,
+    next_sweep: Option<Instant>,
 }
 
-/// The newest idle connection to `key` that has been idle less than `idle_timeout`.
-pub fn take(key: u64, idle_timeout: Duration) -> Option<Stream> {
+thread_local! {
+    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
+}
+
+/// The newest idle connection to `key` that has not expired.
+pub fn take(key: u64) -> Option<Stream> {
     IDLE.with_borrow_mut(|idle| {
-        let connections = idle.get_mut(&key)?;
-        while let Some((stream, since)) = connections.pop_back() {
-            if since.elapsed() >= idle_timeout {
+        let connections = idle.peers.get_mut(&key)?;
+        let now = Instant::now();
+        while let Some((stream, expires)) = connections.pop_back() {
+            if now >= expires {
                 // The newest is stale, so every older one is too.
                 connections.clear();
                 return None;
@@ -56,14 +69,22 @@ fn is_quiet(stream: &Stream) -> bool {
     )
 }
 
-/// Keeps `stream` for the next request to `key`.
-pub fn put(key: u64, stream: Stream) {
+/// Keeps `stream` for the next request to `key`, for at most `idle_timeout`.
+pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
     IDLE.with_borrow_mut(|idle| {
-        let connections = idle.entry(key).or_default();
+        let now = Instant::now();
+        if idle.next_sweep.is_none_or(|next| now >= next) {
+            idle.peers.retain(|_, connections| {
+                connections.retain(|(_, expires)| *expires > now);
+                !connections.is_empty()
+            });
+            idle.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
+        let connections = idle.peers.entry(key).or_default();
         if connections.len() >= MAX_IDLE_PER_PEER {
             connections.pop_front();
         }
-        connections.push_back((stream, Instant::now()));
+        connections.push_back((stream, now + idle_timeout));
     });
 }
 
@@ -85,36 +106,35 @@ mod tests {
     async fn newest_quiet_connection_first_others_dropped() {
         let key = 7;
         let long = Duration::from_secs(60);
-        assert!(take(key, long).is_none());
+        assert!(take(key).is_none());
         let (first, _first_peer) = pair().await;
         let first_id = first.id();
-        put(key, first);
+        put(key, first, long);
         let (second, _second_peer) = pair().await;
         let second_id = second.id();
-        put(key, second);
-        assert_eq!(take(key, long).unwrap().id(), second_id);
-        assert_eq!(take(key, long).unwrap().id(), first_id);
-        assert!(take(key, long).is_none());
+        put(key, second, long);
+        assert_eq!(take(key).unwrap().id(), second_id);
+        assert_eq!(take(key).unwrap().id(), first_id);
+        assert!(take(key).is_none());
 
         // Closed by the upstream while idle: dropped, not handed out.
         let (closing, peer) = pair().await;
-        put(key, closing);
+        put(key, closing, long);
         drop(peer);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(take(key, long).is_none());
+        assert!(take(key).is_none());
 
         // Sent something nobody asked for: dropped too.
         let (chatty, mut peer) = pair().await;
-        put(key, chatty);
+        put(key, chatty, long);
         peer.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(take(key, long).is_none());
+        assert!(take(key).is_none());
 
         // Idle for longer than the timeout: dropped.
         let (idle, _idle_peer) = pair().await;
-        put(key, idle);
-        assert!(take(key, Duration::ZERO).is_none());
-        assert!(take(key, long).is_none());
+        put(key, idle, Duration::ZERO);
+        assert!(take(key).is_none());
     }
 
     #[tokio::test]
@@ -123,9 +143,23 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..MAX_IDLE_PER_PEER + 3 {
             let (stream, peer) = pair().await;
-            put(key, stream);
+            put(key, stream, Duration::from_secs(60));
             peers.push(peer);
         }
-        assert_eq!(IDLE.with_borrow(|idle| idle[&key].len()), MAX_IDLE_PER_PEER);
+        assert_eq!(IDLE.with_borrow(|idle| idle.peers[&key].len()), MAX_IDLE_PER_PEER);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_drops_expired_connections_of_peers_nobody_asks_for() {
+        let (forgotten, _forgotten_peer) = pair().await;
+        put(21, forgotten, Duration::ZERO);
+        // Force the next put to sweep.
+        IDLE.with_borrow_mut(|idle| idle.next_sweep = None);
+        let (fresh, _fresh_peer) = pair().await;
+        put(22, fresh, Duration::from_secs(60));
+        IDLE.with_borrow(|idle| {
+            assert!(!idle.peers.contains_key(&21), "expired peer swept, queue and all");
+            assert_eq!(idle.peers[&22].len(), 1);
+        });
     }
 }
