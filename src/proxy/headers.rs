@@ -5,7 +5,6 @@
 //! variable, so `X_Tenant_Id` would otherwise smuggle a tenant past the edge.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -133,7 +132,7 @@ pub fn upstream_request(
     let too_many = |_| invalid("too many header fields");
     let mut nominated: Vec<HeaderName> = Vec::new();
     for value in downstream.headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+        for token in list_elements(value) {
             if token.is_empty() {
                 continue;
             }
@@ -229,8 +228,8 @@ pub fn upstream_request(
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|&byte| byte == b',') {
-            let parsed: u64 = std::str::from_utf8(element.trim_ascii()).ok()?.parse().ok()?;
+        for element in list_elements(value) {
+            let parsed: u64 = std::str::from_utf8(element).ok()?.parse().ok()?;
             if length.is_some_and(|known| known != parsed) {
                 return None;
             }
@@ -240,16 +239,20 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     length
 }
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed; empty ones kept.
+fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii)
+}
+
 /// An HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.1): `Upgrade: websocket` nominated by
 /// `Connection: upgrade`.
-pub fn is_websocket_upgrade(request: &RequestHeader) -> bool {
+fn is_websocket_upgrade(request: &RequestHeader) -> bool {
     let has_token = |name: HeaderName, wanted: &str| {
-        request.headers.get_all(name).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&byte| byte == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(wanted.as_bytes()))
-        })
+        request
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|value| list_elements(value).any(|token| token.eq_ignore_ascii_case(wanted.as_bytes())))
     };
     request.version == Version::HTTP_11
         && has_token(header::UPGRADE, "websocket")
@@ -274,11 +277,7 @@ pub fn add_edge_fields(
     )?;
     if let Some(ip) = forwarded.client_ip {
         // The edge is the first hop: the client's own X-Forwarded-For was not copied.
-        let mut text = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut text[..]);
-        let _ = write!(cursor, "{ip}");
-        let written = usize::try_from(cursor.position()).unwrap_or_default();
-        if let Ok(value) = HeaderValue::from_bytes(&text[..written]) {
+        if let Ok(value) = HeaderValue::try_from(ip.to_string()) {
             fields.try_insert(names.forwarded_for.clone(), value)?;
         }
     }
