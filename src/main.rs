@@ -19,8 +19,8 @@ use vestibule::ops::access_log::AccessLog;
 use vestibule::ops::admin::Admin;
 use vestibule::ops::shutdown::DrainOnTerminate;
 use vestibule::ops::supervisor::{ReloadObserver, Supervisor};
-use vestibule::proxy::Edge;
 use vestibule::proxy::state::{Http01Responder, Runtime, Shared};
+use vestibule::proxy::{ClientLimits, Edge};
 use vestibule::tenancy::HostKind;
 use vestibule::tls::{self, CertificateStore, gate::Gate};
 
@@ -278,7 +278,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bound.https.port(),
     ));
 
-    let mut proxy = Service::new("edge".to_owned(), Edge::new(shared.clone()));
+    let mut proxy = Service::new(
+        "edge".to_owned(),
+        Edge::new(shared.clone(), ClientLimits::new(&snapshot.server)),
+    );
     // A small socket read buffer per connection: rustls buffers records itself, and pingora's
     // 64 KiB default cost ~64 KiB of memory per idle connection (see benches/README.md).
     let buffers = L4BufferSettings::new(

@@ -23,6 +23,11 @@ fn fixture() -> Fixture {
 
 /// The fixture with extra keys in its `[tls]` section.
 fn fixture_with(tls_extra: &str) -> Fixture {
+    fixture_of(tls_extra, "", "")
+}
+
+/// The fixture with extra keys in its `[tls]` and `[server]` sections, and extra sections.
+fn fixture_of(tls_extra: &str, server_extra: &str, sections: &str) -> Fixture {
     let directory = temp_dir();
     let path = directory.path();
     let pki = Pki::new(path);
@@ -76,8 +81,10 @@ id = "app_down"
 domain_name = "down"
 production_validations = false
 upstream = "http://127.0.0.1:{dead}"
+
+{sections}
 "#,
-        base = base_config(path),
+        base = base_config(path).replace("[server]\n", &format!("[server]\n{server_extra}\n")),
         vanity_cert = vanity_cert.display(),
         vanity_key = vanity_key.display(),
         custom_cert = custom_cert.display(),
@@ -87,6 +94,7 @@ upstream = "http://127.0.0.1:{dead}"
         echo = echo.url(),
         dead = dead_port(),
         tls_extra = tls_extra,
+        sections = sections,
     );
     let edge = Edge::start(path, &config, &pki.ca_path);
     Fixture {
@@ -461,6 +469,128 @@ fn a_response_cut_short_upstream_is_not_passed_off_as_complete() {
     assert_eq!(edge.get("https://login.acme.test/after").status, 200);
 }
 
+#[test]
+fn hop_by_hop_fields_of_the_upstream_response_stop_at_the_edge() {
+    let Fixture { edge, _directory, .. } = fixture();
+    for version in ["--http1.1", "--http2"] {
+        let response = edge.curl(&[version, "https://login.acme.test/hop-by-hop"]);
+        assert_eq!(response.status, 200, "{version}: {response:?}");
+        for gone in ["x-upstream-hop", "keep-alive", "proxy-connection", "upgrade"] {
+            assert_eq!(
+                response.header(gone),
+                None,
+                "{version}: {gone} reached the client: {response:?}"
+            );
+        }
+        assert_eq!(response.header("x-upstream-kept"), Some("yes"), "{version}");
+        if version == "--http1.1" {
+            // The edge's own connection management, not the upstream's.
+            assert_eq!(response.header("connection"), Some("keep-alive"), "{response:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_is_retired_before_its_announced_idle_timeout() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    // One client connection: every request runs on the same worker thread, with the same pool.
+    let request = "GET /keep-alive/2 HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
+    let connection = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["connection"].clone();
+    let (head, body) = exchange(&mut stream, request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let first = connection(&body);
+    let (_, body) = exchange(&mut stream, request).await;
+    assert_eq!(connection(&body), first, "a fresh upstream connection is reused");
+    // The upstream closes after 2 s idle; the edge must stop using the connection a second
+    // before, instead of racing the close with a request it may not be able to replay.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (head, body) = exchange(
+        &mut stream,
+        &request
+            .replace("GET", "POST")
+            .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_ne!(
+        connection(&body),
+        first,
+        "reused a connection the upstream was about to close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_dribbling_clients_lose_their_connections() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(|| {
+        fixture_of(
+            "",
+            "keepalive_timeout_seconds = 1\nrequest_header_timeout_seconds = 1",
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    let request = "GET /idle HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
+
+    // Keep-alive works, and an idle connection is closed after the keep-alive timeout, even when
+    // the client asks for longer.
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    exchange(&mut stream, request).await;
+    let long_wish = request.replace(
+        "\r\n\r\n",
+        "\r\nConnection: keep-alive\r\nKeep-Alive: timeout=600\r\n\r\n",
+    );
+    let (head, _) = exchange(&mut stream, &long_wish).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let idle_since = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection still open after 5 s: {read:?}"
+    );
+    let idle = idle_since.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed after only {idle:?}");
+
+    // A client sending its header a field at a time is cut off once the header budget
+    // (keep-alive wait + header timeout = 2 s here) is spent, though every read brings bytes.
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: login.acme.test\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+        tokio::select! {
+            read = stream.read(&mut byte) => {
+                assert!(!matches!(read, Ok(n) if n > 0), "answered a header that never ended");
+                break true;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if stream.write_all(b"x-dribble: 1\r\n").await.is_err() {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(closed, "a dribbling client kept its connection for 8 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
     let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
@@ -661,4 +791,43 @@ fn clients_without_sni_get_the_default_name_when_one_is_configured() {
     assert_eq!(response.received("x-tenant-id"), ["tnt_acme"]);
     // The default certificate still has to cover the Host.
     assert_eq!(by_ip("globex.auth.portal.test").status, 421);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_ends_at_the_read_timeout_without_counting_as_a_failure() {
+    let Fixture { edge, pki, _directory } =
+        tokio::task::spawn_blocking(|| fixture_of("", "", "[upstream]\nread_timeout_ms = 1000"))
+            .await
+            .unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nHost: login.acme.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "idle tunnel still open: {read:?}"
+    );
+    let metrics = tokio::task::spawn_blocking(move || (edge.metrics(), edge))
+        .await
+        .unwrap()
+        .0;
+    assert!(
+        !metrics.contains("vestibule_upstream_errors_total{"),
+        "an idle tunnel counted as an upstream failure:\n{metrics}"
+    );
 }

@@ -235,7 +235,32 @@ pub struct ServerSettings {
     /// thread (cheaper per request; connections stay on the thread that accepted them).
     /// Default: [`DEFAULT_WORK_STEALING`].
     pub work_stealing: bool,
+    /// How long an idle client connection is kept open for its next request (HTTP/1.1
+    /// keep-alive, and an HTTP/2 connection with no stream open); zero turns HTTP/1 keep-alive
+    /// off. A client's own `Keep-Alive: timeout=` may shorten it, never lengthen it. Default:
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`].
+    pub keepalive_timeout: Duration,
+    /// Longest time a request header may take to arrive, counted from the end of the keep-alive
+    /// wait (from the connection's start for its first request): a client dribbling header bytes
+    /// is cut off. Default: [`DEFAULT_REQUEST_HEADER_TIMEOUT`].
+    pub request_header_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (HTTP/1). Default:
+    /// [`DEFAULT_CLIENT_READ_TIMEOUT`].
+    pub client_read_timeout: Duration,
+    /// Longest wait for a client to take the next bytes of a response: a client that stops
+    /// reading loses its connection instead of holding it (and an upstream connection) forever.
+    /// Default: [`DEFAULT_SEND_TIMEOUT`].
+    pub send_timeout: Duration,
 }
+
+/// nginx's `keepalive_timeout` is 75 s; browsers keep idle connections for about a minute.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between nginx's `client_header_timeout` (60 s) and Apache's `mod_reqtimeout` (20-40 s).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's `client_body_timeout`.
+pub const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `send_timeout`.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Single-threaded runtimes measured cheaper per request (see benches/README.md).
 pub const DEFAULT_WORK_STEALING: bool = false;

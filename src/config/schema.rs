@@ -29,6 +29,10 @@ pub struct ServerSection {
     pub pid_file: Option<String>,
     pub upgrade_socket: Option<String>,
     pub work_stealing: Option<bool>,
+    pub keepalive_timeout_seconds: Option<u64>,
+    pub request_header_timeout_seconds: Option<u64>,
+    pub client_read_timeout_seconds: Option<u64>,
+    pub send_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -210,6 +210,13 @@ impl Context<'_> {
         if threads > 1024 {
             problems.add("server.threads", "must be at most 1024");
         }
+        let mut seconds = |value: Option<u64>, default: Duration, key: &str| {
+            let value = value.map_or(default, Duration::from_secs);
+            if value.is_zero() {
+                problems.add(format!("server.{key}"), "must be greater than zero");
+            }
+            value
+        };
         ServerSettings {
             threads,
             grace_period: section
@@ -222,6 +229,24 @@ impl Context<'_> {
                 .pid_file
                 .map_or_else(|| PathBuf::from(DEFAULT_PID_FILE), |p| self.path(&p)),
             work_stealing: section.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
+            keepalive_timeout: section
+                .keepalive_timeout_seconds
+                .map_or(DEFAULT_KEEPALIVE_TIMEOUT, Duration::from_secs),
+            request_header_timeout: seconds(
+                section.request_header_timeout_seconds,
+                DEFAULT_REQUEST_HEADER_TIMEOUT,
+                "request_header_timeout_seconds",
+            ),
+            client_read_timeout: seconds(
+                section.client_read_timeout_seconds,
+                DEFAULT_CLIENT_READ_TIMEOUT,
+                "client_read_timeout_seconds",
+            ),
+            send_timeout: seconds(
+                section.send_timeout_seconds,
+                DEFAULT_SEND_TIMEOUT,
+                "send_timeout_seconds",
+            ),
             upgrade_socket: section
                 .upgrade_socket
                 .map_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCKET), |p| self.path(&p)),

@@ -9,9 +9,14 @@
 //! answers and then closes the connection without announcing it, as an upstream whose idle
 //! timeout fires right after a response does; `/too-large` answers 413 without reading the body;
 //! `/truncated` starts a chunked answer and closes the connection halfway, as an upstream that
-//! crashes mid-response.
+//! crashes mid-response; `/keep-alive/{s}` announces `Keep-Alive: timeout={s}` and from then on
+//! closes the connection after that long idle, as Node.js does; `/hop-by-hop` answers with fields
+//! meant for the edge's hop only. Every answer reports which connection carried it
+//! (`connection`, numbered from 1 per process).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body read (and echoed as its length).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Connections accepted so far (each answer names its connection).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
     loop {
@@ -38,7 +46,10 @@ pub async fn run(address: SocketAddr) -> std::io::Result<()> {
 
 async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
     let mut buffer = Vec::with_capacity(4096);
+    // Set by `/keep-alive/{s}`: the idle time after which the connection is closed.
+    let mut idle_limit: Option<Duration> = None;
     loop {
         let head_end = loop {
             if let Some(position) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -48,7 +59,13 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
                 return Ok(());
             }
             let mut chunk = [0u8; 8192];
-            let read = stream.read(&mut chunk).await?;
+            let read = match idle_limit.filter(|_| buffer.is_empty()) {
+                Some(limit) => match tokio::time::timeout(limit, stream.read(&mut chunk)).await {
+                    Ok(read) => read?,
+                    Err(_) => return Ok(()),
+                },
+                None => stream.read(&mut chunk).await?,
+            };
             if read == 0 {
                 return Ok(());
             }
@@ -124,6 +141,7 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             }
         }
         let body = serde_json::json!({
+            "connection": id,
             "method": method,
             "path": target,
             "body_length": length,
@@ -132,10 +150,22 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         .to_string();
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let silent_close = target == "/close";
+        let mut extra = String::new();
+        if close {
+            extra.push_str("connection: close\r\n");
+        } else if let Some(seconds) = target.strip_prefix("/keep-alive/").and_then(|s| s.parse().ok()) {
+            idle_limit = Some(Duration::from_secs(seconds));
+            extra.push_str(&format!("connection: keep-alive\r\nkeep-alive: timeout={seconds}\r\n"));
+        } else if target == "/hop-by-hop" {
+            extra.push_str(
+                "connection: keep-alive, x-upstream-hop\r\nx-upstream-hop: for-the-edge\r\n\
+                 keep-alive: timeout=30\r\nproxy-connection: keep-alive\r\nupgrade: h2c\r\n\
+                 x-upstream-kept: yes\r\n",
+            );
+        }
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
             body.len(),
-            if close { "connection: close\r\n" } else { "" }
         );
         stream.write_all(response.as_bytes()).await?;
         if close || silent_close {

@@ -15,40 +15,65 @@
 //! by [`super::headers::upstream_request`]). A response cut short is never finished as if whole:
 //! the connection closes (HTTP/1) or the stream is reset (HTTP/2). A reused connection that fails
 //! before anything came back is replaced once, by a new one, for idempotent requests.
+//!
+//! Client connections are bounded ([`super::ClientLimits`]): a keep-alive wait, a budget for the
+//! whole request header (pingora bounds single reads only), a read timeout for bodies and a send
+//! timeout for responses. Upstream connections go back to the pool for no longer than the upstream
+//! said it keeps them, and the upstream's hop-by-hop response fields stay at the edge.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Method;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
+use pingora_timeout::fast_timeout::fast_timeout;
 
-use super::{Edge, RequestContext, pool};
+use super::{Edge, RequestContext, headers, pool};
 
 /// How long the rest of a request body is read (and dropped) after the upstream answered early.
 pub const EARLY_ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl HttpServerApp for Edge {
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        let limits = self.limits;
+        session.set_read_timeout(Some(limits.read));
+        session.set_write_timeout(Some(limits.send));
         let mut stopping = shutdown.clone();
         let read = tokio::select! {
             // Biased: a request already buffered is served even when shutdown begins.
             biased;
-            read = session.read_request() => read,
+            // pingora bounds each read (by the keep-alive timeout), not the whole header: a
+            // client dribbling bytes is cut off here.
+            read = fast_timeout(limits.request_header, session.read_request()) => read,
             _ = stopping.wait_for(|stop| *stop) => return None,
         };
+        let Ok(read) = read else {
+            tracing::debug!("request header not complete in time; closing");
+            return None;
+        };
         match read {
-            Ok(true) => {}
+            Ok(true) => {
+                // pingora keeps an HTTP/1.1 connection forever unless the client names a
+                // timeout; the edge's bounds it (a client may ask for less).
+                if let Some(requested) = session.get_keepalive() {
+                    session.set_keepalive(Some(limits.keepalive(requested)));
+                }
+            }
             Ok(false) => return None,
             Err(error) => {
                 if matches!(error.etype(), ErrorType::InvalidHTTPHeader) {
@@ -172,16 +197,19 @@ impl Edge {
                 .exchange(session, &mut client, request, body_expected, context)
                 .await
             {
-                Ok(true) => {
+                Ok(Some(announced)) => {
                     // Decides from the response (Connection, HTTP version, framing) whether the
                     // upstream keeps the connection open.
                     client.respect_keepalive();
-                    if let Some(stream) = client.reuse().await {
-                        pool::put(key, stream, upstream.idle_timeout());
+                    let idle = upstream.idle_timeout().min(announced);
+                    if idle.is_zero() {
+                        client.shutdown().await;
+                    } else if let Some(stream) = client.reuse().await {
+                        pool::put(key, stream, idle);
                     }
                     return Ok(());
                 }
-                Ok(false) => return Ok(()),
+                Ok(None) => return Ok(()),
                 Err(failure) if reused && failure.replayable && !replayed => {
                     replayed = true;
                     tracing::debug!(error = %failure.error, "reused upstream connection failed; replaying the request");
@@ -191,8 +219,9 @@ impl Edge {
         }
     }
 
-    /// One request/response exchange on one upstream connection. Returns whether the upstream
-    /// connection can serve another request.
+    /// One request/response exchange on one upstream connection. Returns, when the upstream
+    /// connection can serve another request, for how long at most (what the upstream announced,
+    /// see [`headers::upstream_keepalive`]; `Duration::MAX` when it announced nothing).
     async fn exchange(
         &self,
         session: &mut ServerSession,
@@ -200,7 +229,7 @@ impl Edge {
         request: Box<RequestHeader>,
         body_expected: bool,
         context: &mut RequestContext,
-    ) -> std::result::Result<bool, Failure> {
+    ) -> std::result::Result<Option<Duration>, Failure> {
         let idempotent = is_idempotent(&request.method);
         client
             .write_request_header(request)
@@ -224,9 +253,14 @@ impl Edge {
         // A final answer began before the whole body went up: the upstream may not have read it,
         // so the connection is not trusted with another request.
         let mut answered_early = false;
+        let mut announced_keepalive = None;
         while !request_done || !response_done {
             tokio::select! {
                 task = client.read_response_task(), if !response_done => {
+                    if upgraded && task.as_ref().is_err_and(|e| is_idle_timeout(e)) {
+                        // An idle tunnel ends at the read timeout, as nginx's does; no failure.
+                        break;
+                    }
                     let replayable = idempotent && !body_sent && !response_started;
                     let task = task.map_err(|e| {
                         // A timeout says the upstream got the request and is slow: never sent again.
@@ -247,6 +281,7 @@ impl Edge {
                                 request_done = false;
                             }
                             if !header.status.is_informational() || upgraded {
+                                announced_keepalive = headers::upstream_keepalive(&header);
                                 self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
                             }
                             session.write_response_header(header).await.map_err(Failure::downstream)?;
@@ -278,6 +313,9 @@ impl Edge {
                     }
                 }
                 body = session.read_request_body(), if !request_done => {
+                    if upgraded && body.as_ref().is_err_and(|e| is_idle_timeout(e)) {
+                        break;
+                    }
                     match body.map_err(Failure::downstream)? {
                         // An empty chunk would end a chunked upstream body early.
                         Some(data) if data.is_empty() => {}
@@ -319,8 +357,13 @@ impl Edge {
                 session.set_keepalive(None);
             }
         }
-        Ok(!upgraded && !body_left && !answered_early && write_failure.is_none())
+        let reusable = !upgraded && !body_left && !answered_early && write_failure.is_none();
+        Ok(reusable.then(|| announced_keepalive.unwrap_or(Duration::MAX)))
     }
+}
+
+fn is_idle_timeout(error: &Error) -> bool {
+    matches!(error.etype(), ErrorType::ReadTimedout)
 }
 
 /// Methods whose request can be sent again without changing the outcome (RFC 9110 §9.2.2).

@@ -7,11 +7,12 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Version};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::config::{HeaderNames, RESERVED_USER_HEADER_PREFIX};
 
@@ -242,6 +243,60 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed; empty ones kept.
 fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Fields of an upstream response meant for the edge's hop only (RFC 9110 §7.6.1). Framing
+/// (`Transfer-Encoding`, `Content-Length`) is not here: pingora frames the client's copy from it.
+const RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+];
+
+/// Drops from an upstream response what was meant for the edge's hop: the fields `Connection`
+/// nominates (at most [`MAX_CONNECTION_NOMINATIONS`], never the framing fields), `Connection`
+/// itself (pingora writes the client's own), `Keep-Alive`, `Proxy-Connection`, `TE` and `Upgrade`.
+/// A `101` keeps `Connection` and `Upgrade`: they complete the client's handshake.
+pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
+    if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    if let Some(connection) = response.remove_header(&header::CONNECTION) {
+        let nominations = list_elements(&connection).filter(|token| !token.is_empty());
+        for token in nominations.take(MAX_CONNECTION_NOMINATIONS) {
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && name != header::TRANSFER_ENCODING
+                && name != header::CONTENT_LENGTH
+            {
+                response.remove_header(&name);
+            }
+        }
+    }
+    for name in &RESPONSE_HOP_BY_HOP {
+        response.remove_header(name);
+    }
+}
+
+/// Subtracted from the idle timeout an upstream announces, so the edge retires a connection
+/// before the upstream closes it rather than racing the close with a request that cannot be
+/// replayed.
+pub const UPSTREAM_KEEPALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long the upstream keeps this connection for another request, as it announced in
+/// `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1; Node.js sends 5 s), less
+/// [`UPSTREAM_KEEPALIVE_MARGIN`]. `None` when it announced nothing.
+pub fn upstream_keepalive(response: &ResponseHeader) -> Option<Duration> {
+    let value = response.headers.get("keep-alive")?;
+    list_elements(value).find_map(|parameter| {
+        let equals = parameter.iter().position(|&byte| byte == b'=')?;
+        let (name, seconds) = (&parameter[..equals], &parameter[equals + 1..]);
+        if !name.trim_ascii().eq_ignore_ascii_case(b"timeout") {
+            return None;
+        }
+        let seconds: u64 = std::str::from_utf8(seconds.trim_ascii()).ok()?.parse().ok()?;
+        Some(Duration::from_secs(seconds).saturating_sub(UPSTREAM_KEEPALIVE_MARGIN))
+    })
 }
 
 /// An HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.1): `Upgrade: websocket` nominated by
@@ -513,5 +568,69 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(first.len(), 32);
         assert!(first.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    fn response(fields: &[(&str, &str)], status: u16) -> ResponseHeader {
+        let mut response = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in fields {
+            response.append_header(name.to_string(), *value).unwrap();
+        }
+        response
+    }
+
+    #[test]
+    fn upstream_hop_by_hop_fields_are_dropped_but_framing_stays() {
+        let mut upstream = response(
+            &[
+                ("Connection", "keep-alive, X-Hop, Content-Length, transfer-encoding"),
+                ("X-Hop", "secret"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Upgrade", "h2,h2c"),
+                ("TE", "trailers"),
+                ("Content-Length", "12"),
+                ("Transfer-Encoding", "chunked"),
+                ("X-Kept", "yes"),
+            ],
+            200,
+        );
+        strip_response_hop_by_hop(&mut upstream);
+        let mut left: Vec<&str> = upstream.headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "transfer-encoding", "x-kept"]);
+    }
+
+    #[test]
+    fn a_101_keeps_its_handshake_fields() {
+        let mut upstream = response(&[("Connection", "Upgrade"), ("Upgrade", "websocket")], 101);
+        strip_response_hop_by_hop(&mut upstream);
+        assert_eq!(upstream.headers.len(), 2);
+    }
+
+    #[test]
+    fn nominations_beyond_the_bound_are_left_alone() {
+        let names: Vec<String> = (0..=MAX_CONNECTION_NOMINATIONS).map(|i| format!("x-{i}")).collect();
+        let mut fields: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "v")).collect();
+        let connection = names.join(", ");
+        fields.push(("connection", &connection));
+        let mut upstream = response(&fields, 200);
+        strip_response_hop_by_hop(&mut upstream);
+        let last = names.last().unwrap().as_str();
+        assert_eq!(
+            upstream.headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            [last]
+        );
+    }
+
+    #[test]
+    fn the_announced_keep_alive_is_read_with_a_margin() {
+        let announced = |value: &str| upstream_keepalive(&response(&[("keep-alive", value)], 200));
+        assert_eq!(announced("timeout=5"), Some(Duration::from_secs(4)));
+        assert_eq!(announced("max=100, Timeout = 30"), Some(Duration::from_secs(29)));
+        assert_eq!(announced("timeout=1"), Some(Duration::ZERO));
+        assert_eq!(announced("timeout=0"), Some(Duration::ZERO));
+        assert_eq!(announced("timeout=soon"), None);
+        assert_eq!(announced("max=5"), None);
+        assert_eq!(upstream_keepalive(&response(&[], 200)), None);
     }
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -51,13 +52,53 @@ pub struct Edge {
     shared: Arc<Shared>,
     /// Opens new upstream connections; idle ones are kept per worker thread (see [`pool`]).
     connector: TransportConnector,
+    limits: ClientLimits,
+    /// pingora's per-connection options: the HTTP/2 idle timeout.
+    options: HttpServerOptions,
+}
+
+/// What a client connection may hold, from `[server]` (read at start; see
+/// [`crate::config::ServerSettings`] for each).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    keepalive_seconds: u64,
+    /// Budget for one request header, keep-alive wait included.
+    request_header: Duration,
+    read: Duration,
+    send: Duration,
+}
+
+impl ClientLimits {
+    pub fn new(server: &crate::config::ServerSettings) -> Self {
+        ClientLimits {
+            // Whole seconds, at least one: pingora counts keep-alive in seconds and reads 0 as
+            // "forever".
+            keepalive_seconds: server.keepalive_timeout.as_secs().max(1),
+            request_header: server.keepalive_timeout + server.request_header_timeout,
+            read: server.client_read_timeout,
+            send: server.send_timeout,
+        }
+    }
+
+    /// The keep-alive timeout for a connection whose client asked for `requested` seconds
+    /// (0: no wish, which pingora reads as forever).
+    fn keepalive(&self, requested: u64) -> u64 {
+        match requested {
+            0 => self.keepalive_seconds,
+            requested => requested.min(self.keepalive_seconds),
+        }
+    }
 }
 
 impl Edge {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, limits: ClientLimits) -> Self {
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(Duration::from_secs(limits.keepalive_seconds));
         Edge {
             shared,
             connector: TransportConnector::new(None),
+            limits,
+            options,
         }
     }
 }
@@ -325,8 +366,10 @@ impl Edge {
         Ok(request)
     }
 
-    /// The edge's part of the final response header: the request id and its cookies.
+    /// The final response header: the upstream's minus its hop-by-hop fields, plus the edge's
+    /// request id and cookies.
     fn response_header(&self, upstream_response: &mut ResponseHeader, context: &mut RequestContext) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream_response);
         if let Some(runtime) = &context.runtime {
             upstream_response.insert_header(runtime.request_id_name.clone(), context.request_id.clone())?;
         }
@@ -449,5 +492,26 @@ impl Edge {
             rejection: context.rejection,
         };
         self.shared.access_log.record(&entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_may_shorten_keep_alive_but_never_lengthen_it() {
+        let mut server = crate::config::parse(crate::config::tests_support::MINIMAL, &crate::config::Source::Embedded)
+            .unwrap()
+            .server;
+        server.keepalive_timeout = Duration::from_secs(60);
+        let limits = ClientLimits::new(&server);
+        assert_eq!(limits.keepalive(0), 60, "no wish (pingora's forever)");
+        assert_eq!(limits.keepalive(5), 5);
+        assert_eq!(limits.keepalive(3600), 60);
+        assert_eq!(
+            limits.request_header,
+            Duration::from_secs(60) + server.request_header_timeout
+        );
     }
 }
