@@ -3,9 +3,11 @@
 //! Each pingora worker runs its own single-threaded runtime, so a thread-local pool needs no lock
 //! and no task per idle connection: a connection is taken by the request that needs it and put
 //! back when its exchange ended cleanly. Newest first (the one most likely still open); entries
-//! idle longer than the upstream's idle timeout are dropped when met, and every
-//! [`SWEEP_INTERVAL`] a `put` drops the expired ones of every peer (peers no request asks for
-//! any more, such as targets a reload removed, do not keep their sockets); at most
+//! idle longer than their expiry (the upstream's idle timeout, or less if the upstream announced
+//! less) are dropped when met, and every [`SWEEP_INTERVAL`] the expired ones of every peer are
+//! dropped, by a `put` or, while the pool keeps any, by one sweeper task per thread (peers no
+//! request asks for any more, such as targets a reload removed, and threads that serve no more
+//! requests do not keep their sockets); at most
 //! [`MAX_IDLE_PER_PEER`] are kept per peer and thread. Before a connection is handed out, one
 //! non-blocking peek checks that the upstream has neither closed it nor sent anything unasked
 //! (either way it is dropped). A close racing that check is found by the exchange itself, which
@@ -31,6 +33,19 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 struct Idle {
     peers: HashMap<u64, VecDeque<(Stream, Instant)>>,
     next_sweep: Option<Instant>,
+    /// A sweeper task runs for this thread's pool (see [`sweep_while_kept`]).
+    sweeper: bool,
+}
+
+impl Idle {
+    /// Drops every expired connection, and the queues left empty.
+    fn sweep(&mut self, now: Instant) {
+        self.peers.retain(|_, connections| {
+            connections.retain(|(_, expires)| *expires > now);
+            !connections.is_empty()
+        });
+        self.next_sweep = Some(now + SWEEP_INTERVAL);
+    }
 }
 
 thread_local! {
@@ -74,11 +89,11 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
     IDLE.with_borrow_mut(|idle| {
         let now = Instant::now();
         if idle.next_sweep.is_none_or(|next| now >= next) {
-            idle.peers.retain(|_, connections| {
-                connections.retain(|(_, expires)| *expires > now);
-                !connections.is_empty()
-            });
-            idle.next_sweep = Some(now + SWEEP_INTERVAL);
+            idle.sweep(now);
+        }
+        if !idle.sweeper {
+            idle.sweeper = true;
+            tokio::spawn(sweep_while_kept());
         }
         let connections = idle.peers.entry(key).or_default();
         if connections.len() >= MAX_IDLE_PER_PEER {
@@ -86,6 +101,27 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
         }
         connections.push_back((stream, now + idle_timeout));
     });
+}
+
+/// Sweeps the pool of the thread it runs on every [`SWEEP_INTERVAL`] for as long as it keeps
+/// connections, so a thread that stops serving requests still closes its expired ones; started by
+/// the `put` that finds none running. (Under the work-stealing runtime the task may move to
+/// another thread; the first thread then falls back to the sweep its own `put`s do.)
+async fn sweep_while_kept() {
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        let done = IDLE.with_borrow_mut(|idle| {
+            idle.sweep(Instant::now());
+            let done = idle.peers.is_empty();
+            if done {
+                idle.sweeper = false;
+            }
+            done
+        });
+        if done {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +197,23 @@ mod tests {
             assert!(!idle.peers.contains_key(&21), "expired peer swept, queue and all");
             assert_eq!(idle.peers[&22].len(), 1);
         });
+    }
+
+    #[tokio::test]
+    async fn expired_connections_close_without_further_requests() {
+        let (stale, mut peer) = pair().await;
+        put(31, stale, Duration::from_millis(10));
+        assert!(IDLE.with_borrow(|idle| idle.sweeper));
+        // No more puts or takes: the sweeper closes the connection, and stops once the pool is
+        // empty.
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(
+            SWEEP_INTERVAL + Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut peer, &mut byte),
+        )
+        .await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        tokio::task::yield_now().await;
+        assert!(IDLE.with_borrow(|idle| !idle.sweeper && idle.peers.is_empty()));
     }
 }
