@@ -831,3 +831,40 @@ async fn an_idle_websocket_ends_at_the_read_timeout_without_counting_as_a_failur
         "an idle tunnel counted as an upstream failure:\n{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection_at_the_send_timeout() {
+    let Fixture { edge, pki, _directory } =
+        tokio::task::spawn_blocking(|| fixture_of("", "send_timeout_seconds = 1", ""))
+            .await
+            .unwrap();
+    const SIZE: usize = 256 << 20;
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: login.acme.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Not reading: the socket buffers fill and the edge's writes stall.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => received += read,
+            }
+            if received >= SIZE {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "still receiving after 60 s ({received} bytes)");
+    assert!(
+        received < SIZE,
+        "the whole response arrived: the edge waited for the client instead of giving up"
+    );
+}

@@ -11,7 +11,8 @@
 //! `/truncated` starts a chunked answer and closes the connection halfway, as an upstream that
 //! crashes mid-response; `/keep-alive/{s}` announces `Keep-Alive: timeout={s}` and from then on
 //! closes the connection after that long idle, as Node.js does; `/hop-by-hop` answers with fields
-//! meant for the edge's hop only. Every answer reports which connection carried it
+//! meant for the edge's hop only; `/bytes/{n}` answers with `n` zero bytes (at most 1 GiB), for
+//! clients that read slowly or not at all. Every answer reports which connection carried it
 //! (`connection`, numbered from 1 per process).
 
 use std::net::SocketAddr;
@@ -131,6 +132,20 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
         }
 
+        if let Some(count) = target.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+            let count = count.min(1 << 30);
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {count}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            let zeros = [0u8; 64 * 1024];
+            let mut left = count;
+            while left > 0 {
+                let now = left.min(zeros.len() as u64) as usize;
+                stream.write_all(&zeros[..now]).await?;
+                left -= now as u64;
+            }
+            continue;
+        }
         let mut grouped = serde_json::Map::new();
         for (name, value) in &headers {
             match grouped.get_mut(name) {
