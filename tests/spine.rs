@@ -868,3 +868,56 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_send_timeout() 
         "the whole response arrived: the edge waited for the client instead of giving up"
     );
 }
+
+#[test]
+fn a_chunked_upstream_answer_reaches_http_1_0_clients_unchunked() {
+    let Fixture { edge, _directory, .. } = fixture();
+    let response = edge.curl(&["--http1.1", "https://login.acme.test/chunked"]);
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "hello, world"),
+        "{response:?}"
+    );
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    // HTTP/1.0 has no chunked coding (RFC 9112 §6.1): the body ends with the connection. (Without
+    // ALPN: `http/1.0` is not a protocol the edge offers, and RFC 7301 §3.2 makes that fatal.)
+    let response = edge.curl(&["--http1.0", "--no-alpn", "https://login.acme.test/chunked"]);
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "hello, world"),
+        "{response:?}"
+    );
+    assert_eq!(response.header("transfer-encoding"), None, "{response:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unframed_upstream_answer_is_framed_for_http_1_1_clients() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /unframed HTTP/1.1\r\nHost: login.acme.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The answer must end on its own (chunked); the connection then serves another request.
+    let complete = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "closed: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buffer[..read]);
+            if received.ends_with(b"0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert!(complete.is_ok(), "no end of body in 5 s: {text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("hello, world"), "{text}");
+    let (head, _) = exchange(&mut stream, "GET /again HTTP/1.1\r\nHost: login.acme.test\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}

@@ -12,7 +12,9 @@
 //! crashes mid-response; `/keep-alive/{s}` announces `Keep-Alive: timeout={s}` and from then on
 //! closes the connection after that long idle, as Node.js does; `/hop-by-hop` answers with fields
 //! meant for the edge's hop only; `/bytes/{n}` answers with `n` zero bytes (at most 1 GiB), for
-//! clients that read slowly or not at all. Every answer reports which connection carried it
+//! clients that read slowly or not at all; `/chunked` answers `hello, world` in two chunks;
+//! `/unframed` answers `hello, world` without length or chunks, ending it by closing. Every
+//! answer reports which connection carried it
 //! (`connection`, numbered from 1 per process).
 
 use std::net::SocketAddr;
@@ -132,6 +134,15 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
         }
 
+        if target == "/unframed" {
+            stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nhello, world").await?;
+            return Ok(());
+        }
+        if target == "/chunked" {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\nhello, \r\n5\r\nworld\r\n0\r\n\r\n";
+            stream.write_all(answer.as_bytes()).await?;
+            continue;
+        }
         if let Some(count) = target.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
             let count = count.min(1 << 30);
             let head =

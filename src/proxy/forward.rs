@@ -284,6 +284,15 @@ impl Edge {
                                 announced_keepalive = headers::upstream_keepalive(&header);
                                 self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
                             }
+                            if !upgraded && !header.status.is_informational() {
+                                let request = session.req_header();
+                                let (version, head) = (request.version, request.method == Method::HEAD);
+                                if version != http::Version::HTTP_2
+                                    && headers::frame_for_http1_client(&mut header, version, head)
+                                {
+                                    session.set_keepalive(None);
+                                }
+                            }
                             session.write_response_header(header).await.map_err(Failure::downstream)?;
                             response_done = end;
                         }

@@ -278,6 +278,37 @@ pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
     }
 }
 
+/// Frames a final upstream response for an HTTP/1 client: a body the upstream ended by closing
+/// (no length, no chunks) goes to an HTTP/1.1 client chunked, so its connection stays usable; an
+/// HTTP/1.0 client, which has no chunked coding (RFC 9112 §6.1), gets a chunked body as it was
+/// decoded, ended by closing. Returns `true` when the client connection must close after it.
+pub fn frame_for_http1_client(response: &mut ResponseHeader, client: Version, head_request: bool) -> bool {
+    let status = response.status;
+    if head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        return false;
+    }
+    let chunked = response.headers.contains_key(header::TRANSFER_ENCODING);
+    let length = response.headers.contains_key(header::CONTENT_LENGTH);
+    if client == Version::HTTP_10 {
+        if chunked {
+            response.remove_header(&header::TRANSFER_ENCODING);
+            response.remove_header(&header::CONTENT_LENGTH);
+            return true;
+        }
+        return !length;
+    }
+    if client == Version::HTTP_11 && !chunked && !length {
+        // Infallible for a map that holds one field less than the limit; a failure leaves the
+        // body close-delimited, which pingora then ends by closing.
+        let _ = response.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+    false
+}
+
 /// Subtracted from the idle timeout an upstream announces, so the edge retires a connection
 /// before the upstream closes it rather than racing the close with a request that cannot be
 /// replayed.
@@ -632,5 +663,38 @@ mod tests {
         assert_eq!(announced("timeout=soon"), None);
         assert_eq!(announced("max=5"), None);
         assert_eq!(upstream_keepalive(&response(&[], 200)), None);
+    }
+
+    #[test]
+    fn responses_are_framed_for_the_clients_http_version() {
+        let framing = |response: &ResponseHeader| {
+            let field = |name| {
+                response
+                    .headers
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+            };
+            (field(header::TRANSFER_ENCODING), field(header::CONTENT_LENGTH))
+        };
+        // Unframed: chunked for HTTP/1.1, closed for HTTP/1.0.
+        let mut unframed = response(&[], 200);
+        assert!(!frame_for_http1_client(&mut unframed, Version::HTTP_11, false));
+        assert_eq!(framing(&unframed), (Some("chunked".into()), None));
+        let mut unframed = response(&[], 200);
+        assert!(frame_for_http1_client(&mut unframed, Version::HTTP_10, false));
+        assert_eq!(framing(&unframed), (None, None));
+        // Chunked: as is for HTTP/1.1, decoded and closed for HTTP/1.0.
+        let mut chunked = response(&[("transfer-encoding", "chunked")], 200);
+        assert!(frame_for_http1_client(&mut chunked, Version::HTTP_10, false));
+        assert_eq!(framing(&chunked), (None, None));
+        // A length, and answers without a body, are left alone.
+        let mut sized = response(&[("content-length", "5")], 200);
+        assert!(!frame_for_http1_client(&mut sized, Version::HTTP_10, false));
+        assert_eq!(framing(&sized), (None, Some("5".into())));
+        for (status, head) in [(204, false), (304, false), (200, true)] {
+            let mut bodiless = response(&[], status);
+            assert!(!frame_for_http1_client(&mut bodiless, Version::HTTP_11, head));
+            assert_eq!(framing(&bodiless), (None, None), "{status} head={head}");
+        }
     }
 }
