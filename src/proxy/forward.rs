@@ -21,6 +21,8 @@
 //! timeout for responses. Upstream connections go back to the pool for no longer than the upstream
 //! said it keeps them, and the upstream's hop-by-hop response fields stay at the edge.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,21 +52,53 @@ impl HttpServerApp for Edge {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // Every request of a keep-alive connection is served from this one future (pingora would
+        // call back per request, allocating and initialising a new future of the whole request
+        // path each time: the largest single cost per request measured, see benches/README.md).
+        // The shutdown signal is registered once per connection, not once per request.
+        let mut stopping = shutdown.clone();
+        let stop = stopping.wait_for(|stop| *stop);
+        tokio::pin!(stop);
+        loop {
+            if !self.serve(&mut session, shutdown, stop.as_mut()).await {
+                return None;
+            }
+            // What pingora does between two requests: carry the connection's keep-alive state
+            // over to a new session on the same stream (`None` for HTTP/2 streams).
+            let mut settings = HttpPersistentSettings::for_session(&session);
+            let Ok(Some(reusable)) = session.finish().await else {
+                return None;
+            };
+            let (stream, pipelined) = reusable.into_parts();
+            if let Some(prefix) = pipelined {
+                settings.set_pipelined_prefix(prefix);
+            }
+            session = ServerSession::new_http1(stream);
+            settings.apply_to_session(&mut session);
+        }
+    }
+}
+
+impl Edge {
+    /// Reads and serves one request. Returns whether the connection may carry another.
+    async fn serve<S>(&self, session: &mut ServerSession, shutdown: &ShutdownWatch, stop: Pin<&mut S>) -> bool
+    where
+        S: Future,
+    {
         let limits = self.limits;
         session.set_read_timeout(Some(limits.read));
         session.set_write_timeout(Some(limits.send));
-        let mut stopping = shutdown.clone();
         let read = tokio::select! {
             // Biased: a request already buffered is served even when shutdown begins.
             biased;
             // pingora bounds each read (by the keep-alive timeout), not the whole header: a
             // client dribbling bytes is cut off here.
             read = fast_timeout(limits.request_header, session.read_request()) => read,
-            _ = stopping.wait_for(|stop| *stop) => return None,
+            _ = stop => return false,
         };
         let Ok(read) = read else {
             tracing::debug!("request header not complete in time; closing");
-            return None;
+            return false;
         };
         match read {
             Ok(true) => {
@@ -74,14 +108,14 @@ impl HttpServerApp for Edge {
                     session.set_keepalive(Some(limits.keepalive(requested)));
                 }
             }
-            Ok(false) => return None,
+            Ok(false) => return false,
             Err(error) => {
                 if matches!(error.etype(), ErrorType::InvalidHTTPHeader) {
                     tracing::debug!(%error, "malformed request header");
                     let _ = session.respond_error(400).await;
                 }
                 session.shutdown().await;
-                return None;
+                return false;
             }
         }
         if matches!(session.req_header().method, Method::CONNECT | Method::TRACE) {
@@ -89,16 +123,16 @@ impl HttpServerApp for Edge {
             // TRACE would echo the edge's identity fields (assertion, access token) back.
             let _ = session.respond_error(405).await;
             session.shutdown().await;
-            return None;
+            return false;
         }
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
 
         let mut context = self.new_context();
-        let outcome = match self.admit(&mut session, &mut context).await {
+        let outcome = match self.admit(session, &mut context).await {
             Ok(true) => Ok(()),
-            Ok(false) => self.forward(&mut session, &mut context).await,
+            Ok(false) => self.forward(session, &mut context).await,
             Err(error) => Err(error.into_down()),
         };
         let mut truncated = false;
@@ -106,20 +140,15 @@ impl HttpServerApp for Edge {
             // A response already under way cannot be finished: ending it normally (a last chunk,
             // an HTTP/2 END_STREAM) would pass a truncated body off as complete.
             truncated = session.response_written().is_some();
-            self.fail(&mut session, &error, &mut context).await;
+            self.fail(session, &error, &mut context).await;
         }
-        self.log(&session, &mut context);
+        self.log(session, &mut context);
         if truncated {
             // HTTP/1: the connection closes mid-body; HTTP/2: the stream is reset.
             session.shutdown().await;
-            return None;
+            return false;
         }
-
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(reusable)) => Some(ReusedHttpStream::from_reusable_stream(reusable, settings)),
-            _ => None,
-        }
+        true
     }
 }
 
