@@ -247,12 +247,14 @@ fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 
 /// Fields of an upstream response meant for the edge's hop only (RFC 9110 §7.6.1). Framing
 /// (`Transfer-Encoding`, `Content-Length`) is not here: pingora frames the client's copy from it.
-const RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
+const RESPONSE_HOP_BY_HOP: [HeaderName; RESPONSE_HOP_BY_HOP_COUNT] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::UPGRADE,
 ];
+
+const RESPONSE_HOP_BY_HOP_COUNT: usize = 4;
 
 /// Drops from an upstream response what was meant for the edge's hop: the fields `Connection`
 /// nominates (at most [`MAX_CONNECTION_NOMINATIONS`], never the framing fields), `Connection`
@@ -262,9 +264,23 @@ pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
     if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    if let Some(connection) = response.remove_header(&header::CONNECTION) {
+    // One look over the (few) names first: most responses carry `Connection` at most, and a
+    // removal costs two map updates (the fields and pingora's case map).
+    let mut present = [false; RESPONSE_HOP_BY_HOP_COUNT];
+    let mut connection = false;
+    for name in response.headers.keys() {
+        connection |= *name == header::CONNECTION;
+        if let Some(index) = RESPONSE_HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
+    }
+    if connection && let Some(connection) = response.remove_header(&header::CONNECTION) {
         let nominations = list_elements(&connection).filter(|token| !token.is_empty());
         for token in nominations.take(MAX_CONNECTION_NOMINATIONS) {
+            // The usual connection options name no other field, or one removed below anyway.
+            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
             if let Ok(name) = HeaderName::from_bytes(token)
                 && name != header::TRANSFER_ENCODING
                 && name != header::CONTENT_LENGTH
@@ -273,8 +289,10 @@ pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
             }
         }
     }
-    for name in &RESPONSE_HOP_BY_HOP {
-        response.remove_header(name);
+    for (name, present) in RESPONSE_HOP_BY_HOP.iter().zip(present) {
+        if present {
+            response.remove_header(name);
+        }
     }
 }
 
