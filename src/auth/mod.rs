@@ -519,11 +519,14 @@ impl ApplicationAuth {
 
     /// Runs authentication for one request.
     pub async fn handle(&self, request: &AuthRequest<'_>) -> Decision {
+        // The login flows and the session store are boxed: they call out to the identity
+        // provider or the store (large futures), and would otherwise be part of every connection's
+        // request future, also on the bearer-token path.
         if self.provider.login_enabled() && self.store.is_some() {
             match request.path {
-                LOGIN_PATH => return login::start(self, request).await,
-                CALLBACK_PATH => return login::callback(self, request).await,
-                LOGOUT_PATH => return login::logout(self, request).await,
+                LOGIN_PATH => return Box::pin(login::start(self, request)).await,
+                CALLBACK_PATH => return Box::pin(login::callback(self, request)).await,
+                LOGOUT_PATH => return Box::pin(login::logout(self, request)).await,
                 _ => {}
             }
         }
@@ -554,7 +557,7 @@ impl ApplicationAuth {
         }
         let mut set_cookies = Vec::new();
         if let Some(store) = &self.store {
-            match login::session(self, store.as_ref(), request).await {
+            match Box::pin(login::session(self, store.as_ref(), request)).await {
                 login::SessionCheck::Valid { identity, set_cookies } => {
                     return Decision::Forward {
                         identity: Some(identity),
@@ -620,7 +623,8 @@ impl ApplicationAuth {
             self.count(Outcome::BearerCached);
             return Ok(hit);
         }
-        let claims = self.verify_uncached(token, host_tenant_domain).await?;
+        // Boxed: the cold path may fetch keys (a large future); the cached path above is the hot one.
+        let claims = Box::pin(self.verify_uncached(token, host_tenant_domain)).await?;
         let header = |text: &str| HeaderValue::from_str(text).ok();
         let values = IdentityValues {
             user_id: header(&claims.subject),

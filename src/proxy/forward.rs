@@ -202,7 +202,9 @@ impl Edge {
                 Some(stream) => (stream, true),
                 None => {
                     connect_attempts += 1;
-                    match self.connector.new_stream(peer).await {
+                    // Boxed: the connect future (TCP, TLS) is ~8 KiB, and it would otherwise
+                    // be part of every connection's request future, idle or not.
+                    match Box::pin(self.connector.new_stream(peer)).await {
                         Ok(stream) => (stream, false),
                         Err(error) => {
                             upstream.mark_down(target);
