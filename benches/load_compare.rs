@@ -13,6 +13,10 @@
 //!   connections.
 //!
 //!     ./scripts/load-compare.sh [--rounds 5] [--duration 10]
+//!
+//! `--instructions N` measures instead, for each proxy, the user-space instructions it executes
+//! per keep-alive HTTPS/1.1 request (valgrind's callgrind, `h2load --h1 -n N -c 4` after a
+//! warm-up): a count that does not drift with the machine's load, for comparing builds.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -605,6 +609,106 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Instructions per request of each proxy, each run again under callgrind on a port of its own.
+fn instructions(directory: &Path, proxies: &[Proxy; 2], token: &str, requests: u64) {
+    require("valgrind");
+    require("callgrind_control");
+    let mut counts = Vec::new();
+    for proxy in proxies {
+        let port = free_port();
+        let (program, arguments): (&str, Vec<String>) = if proxy.name == "vestibule" {
+            let config = std::fs::read_to_string(directory.join("vestibule.toml"))
+                .unwrap()
+                .replace(&format!("127.0.0.1:{}", proxy.port), &format!("127.0.0.1:{port}"))
+                .replace("vestibule.pid", "callgrind.pid")
+                .replace("vestibule-upgrade.sock", "callgrind-upgrade.sock");
+            let path = directory.join("vestibule-callgrind.toml");
+            std::fs::write(&path, config).unwrap();
+            let arguments = vec!["run".into(), "--config".into(), path.display().to_string()];
+            (support::BINARY, arguments)
+        } else {
+            let prefix = directory.join("nginx-callgrind");
+            std::fs::create_dir_all(prefix.join("logs")).unwrap();
+            let config = std::fs::read_to_string(directory.join("nginx-proxy/nginx.conf"))
+                .unwrap()
+                .replace(&format!("127.0.0.1:{}", proxy.port), &format!("127.0.0.1:{port}"))
+                .replace("master_process on", "master_process off");
+            let path = prefix.join("nginx.conf");
+            std::fs::write(&path, config).unwrap();
+            let arguments = ["-p", &prefix.display().to_string(), "-c", &path.display().to_string()]
+                .map(String::from)
+                .to_vec();
+            ("nginx", arguments)
+        };
+        let output = directory.join(format!("callgrind.{}", proxy.name));
+        let mut child = pinned(1, "valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", output.display()))
+            .arg(program)
+            .args(&arguments)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(directory.join(format!("callgrind.{}.log", proxy.name))).unwrap())
+            .spawn()
+            .expect("valgrind");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{} under valgrind did not listen",
+                proxy.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let load = |count: u64| {
+            let output = pinned(0, "h2load")
+                .args(["--h1", "-n", &count.to_string(), "-c", "4", "-H"])
+                .arg(format!(":authority: {HOST}"))
+                .arg("-H")
+                .arg(format!("authorization: Bearer {token}"))
+                .arg(format!("https://127.0.0.1:{port}/"))
+                .output()
+                .expect("h2load");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                text.contains(&format!("{count} succeeded")),
+                "{}: not every request succeeded:\n{text}",
+                proxy.name
+            );
+        };
+        // Warm up (handshakes, key fetch, token cache, upstream pool), then count only the load.
+        load(2000);
+        let control = |flag: &str| {
+            let status = Command::new("callgrind_control")
+                .arg(flag)
+                .arg(child.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("callgrind_control");
+            assert!(status.success(), "callgrind_control {flag}");
+        };
+        control("-z");
+        load(requests);
+        control("-d");
+        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        let dump = std::fs::read_to_string(format!("{}.1", output.display())).expect("callgrind dump");
+        let total: u64 = dump
+            .lines()
+            .find_map(|line| line.strip_prefix("summary: ").or_else(|| line.strip_prefix("totals: ")))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("callgrind summary");
+        counts.push(total as f64 / requests as f64);
+        println!(
+            "{}: {:.0} instructions per request ({requests} requests)",
+            proxy.name,
+            counts.last().unwrap()
+        );
+    }
+    println!("ratio Vestibule/nginx: {:.2}", counts[0] / counts[1]);
+}
+
 fn main() {
     for tool in ["nginx", "wrk", "h2load", "taskset"] {
         require(tool);
@@ -660,6 +764,10 @@ fn main() {
             std::env::temp_dir().join("vestibule-bench-token").display()
         );
         std::thread::sleep(Duration::from_secs(seconds));
+        return;
+    }
+    if let Some(requests) = arguments_value("--instructions") {
+        instructions(path, &proxies, &token, requests);
         return;
     }
     if let Some(kind) = &options.profile {
