@@ -89,12 +89,16 @@ pub struct Forwarded<'a> {
     pub identity: Option<&'a IdentityValues>,
 }
 
+/// Not among `http`'s standard names: built once, not parsed per lookup.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1, RFC 9112
 /// §9.6, RFC 9113 §8.2.2).
 const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -247,12 +251,8 @@ fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 
 /// Fields of an upstream response meant for the edge's hop only (RFC 9110 §7.6.1). Framing
 /// (`Transfer-Encoding`, `Content-Length`) is not here: pingora frames the client's copy from it.
-const RESPONSE_HOP_BY_HOP: [HeaderName; RESPONSE_HOP_BY_HOP_COUNT] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::UPGRADE,
-];
+const RESPONSE_HOP_BY_HOP: [HeaderName; RESPONSE_HOP_BY_HOP_COUNT] =
+    [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::UPGRADE];
 
 const RESPONSE_HOP_BY_HOP_COUNT: usize = 4;
 
@@ -336,7 +336,7 @@ pub const UPSTREAM_KEEPALIVE_MARGIN: Duration = Duration::from_secs(1);
 /// `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1; Node.js sends 5 s), less
 /// [`UPSTREAM_KEEPALIVE_MARGIN`]. `None` when it announced nothing.
 pub fn upstream_keepalive(response: &ResponseHeader) -> Option<Duration> {
-    let value = response.headers.get("keep-alive")?;
+    let value = response.headers.get(&KEEP_ALIVE)?;
     list_elements(value).find_map(|parameter| {
         let equals = parameter.iter().position(|&byte| byte == b'=')?;
         let (name, seconds) = (&parameter[..equals], &parameter[equals + 1..]);
