@@ -236,13 +236,13 @@ pub struct ServerSettings {
     /// Default: [`DEFAULT_WORK_STEALING`].
     pub work_stealing: bool,
     /// How long an idle client connection is kept open for its next request (HTTP/1.1
-    /// keep-alive, and an HTTP/2 connection with no stream open); zero turns HTTP/1 keep-alive
-    /// off. A client's own `Keep-Alive: timeout=` may shorten it, never lengthen it. Default:
-    /// [`DEFAULT_KEEPALIVE_TIMEOUT`].
+    /// keep-alive, and an HTTP/2 connection with no stream open); a client's `Keep-Alive:
+    /// timeout=` does not lengthen it. Default: [`DEFAULT_KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Duration,
-    /// Longest time a request header may take to arrive, counted from the end of the keep-alive
-    /// wait (from the connection's start for its first request): a client dribbling header bytes
-    /// is cut off. Default: [`DEFAULT_REQUEST_HEADER_TIMEOUT`].
+    /// A request header must be complete within `keepalive_timeout` + this, counted from the
+    /// connection's start or the end of the previous response (one budget for the idle wait and
+    /// the header: pingora does not say when the first byte came): a client dribbling header
+    /// bytes is cut off. Default: [`DEFAULT_REQUEST_HEADER_TIMEOUT`].
     pub request_header_timeout: Duration,
     /// Longest wait for the next bytes of a request body (HTTP/1). Default:
     /// [`DEFAULT_CLIENT_READ_TIMEOUT`].

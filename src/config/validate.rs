@@ -229,9 +229,11 @@ impl Context<'_> {
                 .pid_file
                 .map_or_else(|| PathBuf::from(DEFAULT_PID_FILE), |p| self.path(&p)),
             work_stealing: section.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
-            keepalive_timeout: section
-                .keepalive_timeout_seconds
-                .map_or(DEFAULT_KEEPALIVE_TIMEOUT, Duration::from_secs),
+            keepalive_timeout: seconds(
+                section.keepalive_timeout_seconds,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+                "keepalive_timeout_seconds",
+            ),
             request_header_timeout: seconds(
                 section.request_header_timeout_seconds,
                 DEFAULT_REQUEST_HEADER_TIMEOUT,

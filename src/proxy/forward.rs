@@ -24,7 +24,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::Method;
@@ -66,7 +66,7 @@ impl HttpServerApp for Edge {
             // What pingora does between two requests: carry the connection's keep-alive state
             // over to a new session on the same stream (`None` for HTTP/2 streams).
             let mut settings = HttpPersistentSettings::for_session(&session);
-            let Ok(Some(reusable)) = session.finish().await else {
+            let Ok(Ok(Some(reusable))) = fast_timeout(self.limits.send, session.finish()).await else {
                 return None;
             };
             let (stream, pipelined) = reusable.into_parts();
@@ -102,10 +102,10 @@ impl Edge {
         };
         match read {
             Ok(true) => {
-                // pingora keeps an HTTP/1.1 connection forever unless the client names a
-                // timeout; the edge's bounds it (a client may ask for less).
-                if let Some(requested) = session.get_keepalive() {
-                    session.set_keepalive(Some(limits.keepalive(requested)));
+                // pingora keeps an HTTP/1.1 connection forever (it reads no client `Keep-Alive`
+                // either); the edge's timeout bounds it. `None`: the client asked to close.
+                if session.get_keepalive().is_some() {
+                    session.set_keepalive(Some(limits.keepalive_seconds));
                 }
             }
             Ok(false) => return false,
@@ -149,6 +149,21 @@ impl Edge {
             return false;
         }
         true
+    }
+}
+
+impl Edge {
+    /// A write to the client, bounded by the send timeout: pingora bounds body writes itself, but
+    /// not response heads, the last chunk or flushes (a client that stops reading before a
+    /// bodiless response would otherwise hold its connection, and an upstream one, forever).
+    pub(super) async fn sent<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {
+        match fast_timeout(self.limits.send, write).await {
+            Ok(result) => result,
+            Err(_) => Error::e_explain(
+                ErrorType::WriteTimedout,
+                "the client took nothing within the send timeout",
+            ),
+        }
     }
 }
 
@@ -285,6 +300,7 @@ impl Edge {
         // so the connection is not trusted with another request.
         let mut answered_early = false;
         let mut announced_keepalive = None;
+        let mut upstream_finished: Option<Instant> = None;
         while !request_done || !response_done {
             tokio::select! {
                 task = client.read_response_task(), if !response_done => {
@@ -299,6 +315,14 @@ impl Edge {
                         Failure::upstream(write_failure.take().unwrap_or(e), replayable && !timed_out)
                     })?;
                     response_started = true;
+                    let ends = matches!(
+                        &task,
+                        HttpTask::Header(_, true) | HttpTask::Body(_, true) | HttpTask::Trailer(_) | HttpTask::Done
+                    );
+                    if ends {
+                        // The upstream's idle clock starts here, not once the client has the end.
+                        upstream_finished = Some(Instant::now());
+                    }
                     match task {
                         HttpTask::Header(mut header, end) => {
                             answered_early |= !request_done && !header.status.is_informational();
@@ -314,6 +338,9 @@ impl Edge {
                             if !header.status.is_informational() || upgraded {
                                 announced_keepalive = headers::upstream_keepalive(&header);
                                 self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
+                            } else {
+                                // 100, 103: their hop-by-hop fields stay here too.
+                                headers::strip_response_hop_by_hop(&mut header);
                             }
                             if !upgraded && !header.status.is_informational() {
                                 let request = session.req_header();
@@ -324,7 +351,7 @@ impl Edge {
                                     session.set_keepalive(None);
                                 }
                             }
-                            session.write_response_header(header).await.map_err(Failure::downstream)?;
+                            self.sent(session.write_response_header(header)).await.map_err(Failure::downstream)?;
                             response_done = end;
                         }
                         HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
@@ -336,7 +363,7 @@ impl Edge {
                         }
                         HttpTask::Trailer(trailers) => {
                             if let Some(trailers) = trailers {
-                                session.write_response_trailers(*trailers).await.map_err(Failure::downstream)?;
+                                self.sent(session.write_response_trailers(*trailers)).await.map_err(Failure::downstream)?;
                             }
                             response_done = true;
                         }
@@ -388,7 +415,7 @@ impl Edge {
                 }
             }
         }
-        session.finish_body().await.map_err(Failure::downstream)?;
+        self.sent(session.finish_body()).await.map_err(Failure::downstream)?;
         if body_left {
             // Read the rest of the body so the client sees its answer rather than a reset and the
             // connection may serve another request; a client that keeps sending loses it.
@@ -398,7 +425,8 @@ impl Edge {
             }
         }
         let reusable = !upgraded && !body_left && !answered_early && write_failure.is_none();
-        Ok(reusable.then(|| announced_keepalive.unwrap_or(Duration::MAX)))
+        let since_finished = || upstream_finished.map_or(Duration::ZERO, |finished| finished.elapsed());
+        Ok(reusable.then(|| announced_keepalive.map_or(Duration::MAX, |limit| limit.saturating_sub(since_finished()))))
     }
 }
 

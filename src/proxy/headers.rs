@@ -261,9 +261,7 @@ const RESPONSE_HOP_BY_HOP_COUNT: usize = 4;
 /// itself (pingora writes the client's own), `Keep-Alive`, `Proxy-Connection`, `TE` and `Upgrade`.
 /// A `101` keeps `Connection` and `Upgrade`: they complete the client's handshake.
 pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
-    if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
+    let upgrade = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
     // One look over the (few) names first: most responses carry `Connection` at most, and a
     // removal costs two map updates (the fields and pingora's case map).
     let mut present = [false; RESPONSE_HOP_BY_HOP_COUNT];
@@ -274,7 +272,10 @@ pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
             present[index] = true;
         }
     }
-    if connection && let Some(connection) = response.remove_header(&header::CONNECTION) {
+    if connection
+        && !upgrade
+        && let Some(connection) = response.remove_header(&header::CONNECTION)
+    {
         let nominations = list_elements(&connection).filter(|token| !token.is_empty());
         for token in nominations.take(MAX_CONNECTION_NOMINATIONS) {
             // The usual connection options name no other field, or one removed below anyway.
@@ -290,7 +291,7 @@ pub fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
         }
     }
     for (name, present) in RESPONSE_HOP_BY_HOP.iter().zip(present) {
-        if present {
+        if present && !(upgrade && *name == header::UPGRADE) {
             response.remove_header(name);
         }
     }
@@ -309,20 +310,42 @@ pub fn frame_for_http1_client(response: &mut ResponseHeader, client: Version, he
     {
         return false;
     }
-    let chunked = response.headers.contains_key(header::TRANSFER_ENCODING);
-    let length = response.headers.contains_key(header::CONTENT_LENGTH);
-    if client == Version::HTTP_10 {
-        if chunked {
-            response.remove_header(&header::TRANSFER_ENCODING);
-            response.remove_header(&header::CONTENT_LENGTH);
-            return true;
+    let codings = response
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .cloned();
+    let Some(codings) = codings else {
+        if response.headers.contains_key(header::CONTENT_LENGTH) {
+            return false;
         }
-        return !length;
+        if client == Version::HTTP_11 {
+            // Infallible for a map that holds one field less than the limit; a failure leaves
+            // the body close-delimited, which pingora then ends by closing.
+            let _ = response.insert_header(header::TRANSFER_ENCODING, "chunked");
+            return false;
+        }
+        return true;
+    };
+    // Transfer-Encoding overrides Content-Length, which must not be sent beside it (RFC 9112
+    // §6.1-§6.3).
+    response.remove_header(&header::CONTENT_LENGTH);
+    if client == Version::HTTP_10 {
+        response.remove_header(&header::TRANSFER_ENCODING);
+        return true;
     }
-    if client == Version::HTTP_11 && !chunked && !length {
-        // Infallible for a map that holds one field less than the limit; a failure leaves the
-        // body close-delimited, which pingora then ends by closing.
-        let _ = response.insert_header(header::TRANSFER_ENCODING, "chunked");
+    let chunked = list_elements(&codings)
+        .last()
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+    if client == Version::HTTP_11 && !chunked {
+        // Codings without chunked end by closing upstream; chunked on top lets the client's
+        // connection stay open.
+        let mut value = codings.as_bytes().to_vec();
+        value.extend_from_slice(b", chunked");
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
+            let _ = response.insert_header(header::TRANSFER_ENCODING, value);
+        }
     }
     false
 }
@@ -650,10 +673,19 @@ mod tests {
     }
 
     #[test]
-    fn a_101_keeps_its_handshake_fields() {
-        let mut upstream = response(&[("Connection", "Upgrade"), ("Upgrade", "websocket")], 101);
+    fn a_101_keeps_its_handshake_fields_only() {
+        let mut upstream = response(
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Keep-Alive", "timeout=5"),
+            ],
+            101,
+        );
         strip_response_hop_by_hop(&mut upstream);
-        assert_eq!(upstream.headers.len(), 2);
+        let mut left: Vec<&str> = upstream.headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["connection", "upgrade"]);
     }
 
     #[test]
@@ -705,6 +737,13 @@ mod tests {
         let mut chunked = response(&[("transfer-encoding", "chunked")], 200);
         assert!(frame_for_http1_client(&mut chunked, Version::HTTP_10, false));
         assert_eq!(framing(&chunked), (None, None));
+        // Other codings get chunked on top for HTTP/1.1; a length beside them is dropped.
+        let mut coded = response(&[("transfer-encoding", "gzip"), ("content-length", "9")], 200);
+        assert!(!frame_for_http1_client(&mut coded, Version::HTTP_11, false));
+        assert_eq!(framing(&coded), (Some("gzip, chunked".into()), None));
+        let mut both = response(&[("transfer-encoding", "chunked"), ("content-length", "9")], 200);
+        assert!(!frame_for_http1_client(&mut both, Version::HTTP_11, false));
+        assert_eq!(framing(&both), (Some("chunked".into()), None));
         // A length, and answers without a body, are left alone.
         let mut sized = response(&[("content-length", "5")], 200);
         assert!(!frame_for_http1_client(&mut sized, Version::HTTP_10, false));

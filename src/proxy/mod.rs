@@ -12,10 +12,13 @@
 //! 6. The upstream request loses every client copy of the identity headers and gains the edge's.
 //! 7. Every refusal goes through [`Rejection`], the one place that picks a status; every request
 //!    is counted and logged once.
+//! 8. The response loses the upstream's hop-by-hop fields and is framed for the client's HTTP
+//!    version; client connections are bounded by [`ClientLimits`] (keep-alive wait, header
+//!    budget, read and send timeouts).
 //!
 //! The edge is its own HTTP application on pingora-core (`forward`): one task per connection or
-//! HTTP/2 stream runs read → admit → forward → log, with upstream connections from a per-thread
-//! pool (`pool`). The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are
+//! HTTP/2 stream runs read → admit → forward → log for each of its requests, with upstream
+//! connections from a per-thread pool (`pool`). The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are
 //! atomics, the pool is thread-local.
 
 mod forward;
@@ -72,20 +75,11 @@ impl ClientLimits {
     pub fn new(server: &crate::config::ServerSettings) -> Self {
         ClientLimits {
             // Whole seconds, at least one: pingora counts keep-alive in seconds and reads 0 as
-            // "forever".
+            // "forever" (the configuration refuses zero).
             keepalive_seconds: server.keepalive_timeout.as_secs().max(1),
             request_header: server.keepalive_timeout + server.request_header_timeout,
             read: server.client_read_timeout,
             send: server.send_timeout,
-        }
-    }
-
-    /// The keep-alive timeout for a connection whose client asked for `requested` seconds
-    /// (0: no wish, which pingora reads as forever).
-    fn keepalive(&self, requested: u64) -> u64 {
-        match requested {
-            0 => self.keepalive_seconds,
-            requested => requested.min(self.keepalive_seconds),
         }
     }
 }
@@ -280,7 +274,7 @@ impl Edge {
         for cookie in &context.set_cookies {
             extra.push(("set-cookie", cookie));
         }
-        rejection::respond(session, status, &extra, body).await
+        self.sent(rejection::respond(session, status, &extra, body)).await
     }
 }
 
@@ -500,15 +494,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_may_shorten_keep_alive_but_never_lengthen_it() {
+    fn the_header_budget_covers_the_keep_alive_wait() {
         let mut server = crate::config::parse(crate::config::tests_support::MINIMAL, &crate::config::Source::Embedded)
             .unwrap()
             .server;
         server.keepalive_timeout = Duration::from_secs(60);
         let limits = ClientLimits::new(&server);
-        assert_eq!(limits.keepalive(0), 60, "no wish (pingora's forever)");
-        assert_eq!(limits.keepalive(5), 5);
-        assert_eq!(limits.keepalive(3600), 60);
+        assert_eq!(limits.keepalive_seconds, 60);
         assert_eq!(
             limits.request_header,
             Duration::from_secs(60) + server.request_header_timeout

@@ -33,8 +33,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 struct Idle {
     peers: HashMap<u64, VecDeque<(Stream, Instant)>>,
     next_sweep: Option<Instant>,
-    /// A sweeper task runs for this thread's pool (see [`sweep_while_kept`]).
-    sweeper: bool,
+    /// The sweeper task started for this thread's pool (see [`sweep_while_kept`]).
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Idle {
@@ -58,12 +58,9 @@ pub fn take(key: u64) -> Option<Stream> {
         let connections = idle.peers.get_mut(&key)?;
         let now = Instant::now();
         while let Some((stream, expires)) = connections.pop_back() {
-            if now >= expires {
-                // The newest is stale, so every older one is too.
-                connections.clear();
-                return None;
-            }
-            if is_quiet(&stream) {
+            // Expiries differ (an upstream may announce a shorter idle timeout for one
+            // connection), so a stale entry says nothing about the older ones.
+            if now < expires && is_quiet(&stream) {
                 return Some(stream);
             }
         }
@@ -91,9 +88,8 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
         if idle.next_sweep.is_none_or(|next| now >= next) {
             idle.sweep(now);
         }
-        if !idle.sweeper {
-            idle.sweeper = true;
-            tokio::spawn(sweep_while_kept());
+        if idle.sweeper.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            idle.sweeper = Some(tokio::spawn(sweep_while_kept()));
         }
         let connections = idle.peers.entry(key).or_default();
         if connections.len() >= MAX_IDLE_PER_PEER {
@@ -106,19 +102,16 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
 /// Sweeps the pool of the thread it runs on every [`SWEEP_INTERVAL`] for as long as it keeps
 /// connections, so a thread that stops serving requests still closes its expired ones; started by
 /// the `put` that finds none running. (Under the work-stealing runtime the task may move to
-/// another thread; the first thread then falls back to the sweep its own `put`s do.)
+/// another thread and sweep that thread's pool; once it ends, the next `put` on the first thread
+/// starts another.)
 async fn sweep_while_kept() {
     loop {
         tokio::time::sleep(SWEEP_INTERVAL).await;
-        let done = IDLE.with_borrow_mut(|idle| {
+        let empty = IDLE.with_borrow_mut(|idle| {
             idle.sweep(Instant::now());
-            let done = idle.peers.is_empty();
-            if done {
-                idle.sweeper = false;
-            }
-            done
+            idle.peers.is_empty()
         });
-        if done {
+        if empty {
             return;
         }
     }
@@ -171,6 +164,15 @@ mod tests {
         let (idle, _idle_peer) = pair().await;
         put(key, idle, Duration::ZERO);
         assert!(take(key).is_none());
+
+        // A newer entry that expired sooner (a shorter announced timeout) takes no older one
+        // with it.
+        let (lasting, _lasting_peer) = pair().await;
+        let lasting_id = lasting.id();
+        put(key, lasting, long);
+        let (brief, _brief_peer) = pair().await;
+        put(key, brief, Duration::ZERO);
+        assert_eq!(take(key).map(|stream| stream.id()), Some(lasting_id));
     }
 
     #[tokio::test]
@@ -203,7 +205,7 @@ mod tests {
     async fn expired_connections_close_without_further_requests() {
         let (stale, mut peer) = pair().await;
         put(31, stale, Duration::from_millis(10));
-        assert!(IDLE.with_borrow(|idle| idle.sweeper));
+        assert!(IDLE.with_borrow(|idle| idle.sweeper.is_some()));
         // No more puts or takes: the sweeper closes the connection, and stops once the pool is
         // empty.
         let mut byte = [0u8; 1];
@@ -214,6 +216,10 @@ mod tests {
         .await;
         assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
         tokio::task::yield_now().await;
-        assert!(IDLE.with_borrow(|idle| !idle.sweeper && idle.peers.is_empty()));
+        assert!(
+            IDLE.with_borrow(
+                |idle| idle.sweeper.as_ref().is_some_and(|task| task.is_finished()) && idle.peers.is_empty()
+            )
+        );
     }
 }
