@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Pki, free_port, temp_dir};
+use support::{Pki, eventually, free_port, temp_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vestibule::auth::crypto::{self, EdgeKey};
 
@@ -165,12 +165,13 @@ impl Drop for Proxy {
     }
 }
 
-fn wait_port(port: u16) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// How long a proxy may take to listen; under valgrind, [`VALGRIND_START_TIMEOUT`].
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const VALGRIND_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn wait_port(port: u16, limit: Duration) {
+    let listening = eventually(limit, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(listening, "nothing listens on {port} after {limit:?}");
 }
 
 fn nginx(directory: &Path, name: &'static str, cpu: usize, config: String, port: u16) -> Proxy {
@@ -190,7 +191,7 @@ fn nginx(directory: &Path, name: &'static str, cpu: usize, config: String, port:
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    wait_port(port);
+    wait_port(port, START_TIMEOUT);
     Proxy { name, child, port }
 }
 
@@ -283,7 +284,7 @@ domain_name = "acme"
         .stderr(std::fs::File::create(directory.join("vestibule.stderr")).unwrap())
         .spawn()
         .expect("start vestibule");
-    wait_port(port);
+    wait_port(port, START_TIMEOUT);
     Proxy {
         name: "vestibule",
         child,
@@ -651,15 +652,7 @@ fn instructions(directory: &Path, proxies: &[Proxy; 2], token: &str, requests: u
             .stderr(std::fs::File::create(directory.join(format!("callgrind.{}.log", proxy.name))).unwrap())
             .spawn()
             .expect("valgrind");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{} under valgrind did not listen",
-                proxy.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_port(port, VALGRIND_START_TIMEOUT);
         let load = |count: u64| {
             let output = pinned(0, "h2load")
                 .args(["--h1", "-n", &count.to_string(), "-c", "4", "-H"])

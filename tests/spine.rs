@@ -591,9 +591,9 @@ async fn idle_and_dribbling_clients_lose_their_connections() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_passes_through() {
-    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+/// Opens a WebSocket to the echo upstream through the edge; returns the stream and the head of
+/// the edge's answer.
+async fn open_websocket(edge: &Edge, pki: &Pki) -> (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String) {
     let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
         .await
         .unwrap();
@@ -604,13 +604,14 @@ async fn websocket_upgrade_passes_through() {
         )
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let (mut stream, head) = open_websocket(&edge, &pki).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -799,23 +800,8 @@ async fn an_idle_websocket_ends_at_the_read_timeout_without_counting_as_a_failur
         tokio::task::spawn_blocking(|| fixture_of("", "", "[upstream]\nread_timeout_ms = 1000"))
             .await
             .unwrap();
-    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            b"GET /socket HTTP/1.1\r\nHost: login.acme.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (mut stream, head) = open_websocket(&edge, &pki).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
     assert!(

@@ -418,6 +418,21 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|line| line[series.len()..].trim().parse().ok())
 }
 
+/// Reads a response head, byte by byte (nothing after it is consumed), as sent.
+pub async fn read_head<S>(stream: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
 /// One HTTP/1.1 exchange on an open connection: writes `request`, reads one response framed by
 /// `Content-Length`, and returns its head (lower-cased) and body.
 pub async fn exchange<S>(stream: &mut S, request: &str) -> (String, String)
@@ -426,13 +441,7 @@ where
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let head = read_head(stream).await.to_ascii_lowercase();
     let length: usize = head
         .lines()
         .find_map(|line| line.strip_prefix("content-length:"))

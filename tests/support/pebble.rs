@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Pki, curl, eventually};
 
@@ -209,14 +209,10 @@ impl MockDns {
             .stderr(Stdio::null())
             .spawn()
             .expect("start pebble-challtestsrv");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", management)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "pebble-challtestsrv did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let listening = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", management)).is_ok()
+        });
+        assert!(listening, "pebble-challtestsrv did not start");
         MockDns {
             child,
             address: ([127, 0, 0, 1], port).into(),
