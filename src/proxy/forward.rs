@@ -66,7 +66,7 @@ impl HttpServerApp for Edge {
             // What pingora does between two requests: carry the connection's keep-alive state
             // over to a new session on the same stream (`None` for HTTP/2 streams).
             let mut settings = HttpPersistentSettings::for_session(&session);
-            let Ok(Ok(Some(reusable))) = fast_timeout(self.limits.send, session.finish()).await else {
+            let Ok(Some(reusable)) = self.sent(session.finish()).await else {
                 return None;
             };
             let (stream, pipelined) = reusable.into_parts();
@@ -335,17 +335,17 @@ impl Edge {
                                 upgraded = true;
                                 request_done = false;
                             }
-                            if !header.status.is_informational() || upgraded {
-                                announced_keepalive = headers::upstream_keepalive(&header);
-                                self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
-                            } else {
+                            if header.status.is_informational() && !upgraded {
                                 // 100, 103: their hop-by-hop fields stay here too.
                                 headers::strip_response_hop_by_hop(&mut header);
-                            }
-                            if !upgraded && !header.status.is_informational() {
+                            } else {
+                                announced_keepalive = headers::upstream_keepalive(&header);
+                                self.response_header(&mut header, context).map_err(|e| Failure::upstream(e, false))?;
+                                // A final answer (a 101's body is a byte pipe, not framed).
                                 let request = session.req_header();
                                 let (version, head) = (request.version, request.method == Method::HEAD);
-                                if version != http::Version::HTTP_2
+                                if !upgraded
+                                    && version != http::Version::HTTP_2
                                     && headers::frame_for_http1_client(&mut header, version, head)
                                 {
                                     session.set_keepalive(None);

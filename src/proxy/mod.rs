@@ -18,8 +18,8 @@
 //!
 //! The edge is its own HTTP application on pingora-core (`forward`): one task per connection or
 //! HTTP/2 stream runs read → admit → forward → log for each of its requests, with upstream
-//! connections from a per-thread pool (`pool`). The request path takes no lock: the snapshot is an `ArcSwap` load, metrics are
-//! atomics, the pool is thread-local.
+//! connections from a per-thread pool (`pool`). The request path takes no lock: the snapshot is
+//! an `ArcSwap` load, metrics are atomics, the pool is thread-local.
 
 mod forward;
 pub mod headers;

@@ -25,7 +25,8 @@ use pingora_core::protocols::Stream;
 /// Most idle connections kept per upstream peer and worker thread; the oldest goes first.
 pub const MAX_IDLE_PER_PEER: usize = 256;
 
-/// How often expired connections of every peer are dropped (by the next `put`).
+/// How often expired connections of every peer are dropped (by the sweeper task, and by a `put`
+/// when that task runs elsewhere: see [`sweep_while_kept`]).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Idle connections by peer key, each with the instant it expires.
