@@ -12,7 +12,8 @@
 //! Upstream requests are HTTP/1.1. What the client sent for this hop only is dropped (RFC 9110
 //! §7.6.1: the hop-by-hop fields and every field `Connection` nominates, bounded); WebSocket is the
 //! one upgrade passed through; HTTP/2 requests get `Host` from `:authority` (the header is built
-//! by [`super::headers::upstream_request`]). A response cut short is never finished as if whole:
+//! by [`super::headers::upstream_request`]) and spoken by the edge's own client
+//! ([`super::upstream_http1`]). A response cut short is never finished as if whole:
 //! the connection closes (HTTP/1) or the stream is reset (HTTP/2). A reused connection that fails
 //! before anything came back is replaced once, by a new one, for idempotent requests.
 //!
@@ -29,13 +30,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use http::Method;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
 use pingora_timeout::fast_timeout::fast_timeout;
 
+use super::headers::UpstreamRequest;
+use super::upstream_http1::Http1Connection;
 use super::{Edge, RequestContext, headers, pool};
 
 /// How long the rest of a request body is read (and dropped) after the upstream answered early.
@@ -201,8 +202,9 @@ impl Edge {
         };
         let upstream = &runtime.applications[route.application as usize].upstream;
         let body_expected = !session.is_body_empty();
-        // Built before any connection is taken: a request the edge refuses costs none.
-        let mut prepared = Some(self.upstream_request(session, context, body_expected)?);
+        // Built before any connection is taken: a request the edge refuses costs none. Kept for
+        // a replay.
+        let request = self.upstream_request(session, context, body_expected)?;
         let mut connect_attempts = 0;
         // A reused connection that failed is replaced once, by a new connection: a hung upstream
         // is not asked again on every idle connection of the pool.
@@ -231,31 +233,24 @@ impl Edge {
                     }
                 }
             };
-            let request = match prepared.take() {
-                Some(request) => request,
-                // Only a replay gets here (the first header went out): built again, as it was.
-                None => self.upstream_request(session, context, body_expected)?,
-            };
-            let mut client = UpstreamSession::new_with_options(stream, peer);
-            client.read_timeout = peer.options.read_timeout;
-            client.write_timeout = peer.options.write_timeout;
-            match self
-                .exchange(session, &mut client, request, body_expected, context)
-                .await
-            {
+            let options = &peer.options;
+            let mut connection = Http1Connection::new(stream, options.read_timeout, options.write_timeout);
+            match self.exchange(session, &mut connection, &request, context).await {
                 Ok(Some(announced)) => {
-                    // Decides from the response (Connection, HTTP version, framing) whether the
-                    // upstream keeps the connection open.
-                    client.respect_keepalive();
                     let idle = upstream.idle_timeout().min(announced);
-                    if idle.is_zero() {
-                        client.shutdown().await;
-                    } else if let Some(stream) = client.reuse().await {
-                        pool::put(key, stream, idle);
+                    // Whether the upstream keeps the connection open was decided from the
+                    // response (Connection, HTTP version, framing).
+                    match connection.into_reusable() {
+                        Ok(stream) if !idle.is_zero() => pool::put(key, stream, idle),
+                        Ok(_) => {}
+                        Err(connection) => connection.shutdown().await,
                     }
                     return Ok(());
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    connection.shutdown().await;
+                    return Ok(());
+                }
                 Err(failure) if reused && failure.replayable && !replayed => {
                     replayed = true;
                     tracing::debug!(error = %failure.error, "reused upstream connection failed; replaying the request");
@@ -271,23 +266,19 @@ impl Edge {
     async fn exchange(
         &self,
         session: &mut ServerSession,
-        client: &mut UpstreamSession,
-        request: Box<RequestHeader>,
-        body_expected: bool,
+        client: &mut Http1Connection,
+        request: &UpstreamRequest,
         context: &mut RequestContext,
     ) -> std::result::Result<Option<Duration>, Failure> {
-        let idempotent = is_idempotent(&request.method);
+        let idempotent = is_idempotent(&session.req_header().method);
         client
-            .write_request_header(request)
+            .send_head(request)
             .await
             .map_err(|e| Failure::upstream(e, true))?;
-        let mut request_done = !body_expected;
-        if request_done {
-            client
-                .finish_body()
-                .await
-                .map_err(|e| Failure::upstream(e, idempotent))?;
-        }
+        let mut request_done = matches!(
+            request.body,
+            headers::RequestBody::Empty | headers::RequestBody::Length(0)
+        );
         let mut body_sent = false;
         let mut response_started = false;
         let mut response_done = false;
@@ -303,7 +294,7 @@ impl Edge {
         let mut upstream_finished: Option<Instant> = None;
         while !request_done || !response_done {
             tokio::select! {
-                task = client.read_response_task(), if !response_done => {
+                task = client.read_task(), if !response_done => {
                     if upgraded && task.as_ref().is_err_and(|e| is_idle_timeout(e)) {
                         // An idle tunnel ends at the read timeout, as nginx's does; no failure.
                         break;
@@ -327,11 +318,8 @@ impl Edge {
                         HttpTask::Header(mut header, end) => {
                             answered_early |= !request_done && !header.status.is_informational();
                             if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                                if !client.was_upgraded() {
-                                    let error = Error::explain(ErrorType::InvalidHTTPHeader, "101 without an upgrade request");
-                                    return Err(Failure::upstream(error, false));
-                                }
-                                // From here on both directions carry raw bytes until one closes.
+                                // From here on both directions carry raw bytes until one closes
+                                // (the client refused a 101 the request did not ask for).
                                 upgraded = true;
                                 request_done = false;
                             }
@@ -388,9 +376,6 @@ impl Edge {
                         Some(data) if data.is_empty() => {}
                         Some(data) => {
                             body_sent = true;
-                            if upgraded {
-                                client.maybe_upgrade_body_writer();
-                            }
                             if let Err(error) = client.write_body(&data).await {
                                 if upgraded {
                                     return Err(Failure::upstream(error, false));
@@ -402,7 +387,6 @@ impl Edge {
                         }
                         None => {
                             if upgraded {
-                                client.maybe_upgrade_body_writer();
                                 // The client closed the tunnel.
                                 response_done = true;
                             }

@@ -112,29 +112,59 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 /// parsed per request, so it is bounded).
 pub const MAX_CONNECTION_NOMINATIONS: usize = 32;
 
-/// Room for the fields the edge adds (its own, `Host`, framing and upgrade fields), so building
-/// the upstream header never grows the map.
-const EDGE_FIELDS: usize = 18;
-
 fn invalid(why: &'static str) -> Box<pingora_error::Error> {
     pingora_error::Error::explain(pingora_error::ErrorType::InvalidHTTPHeader, why)
 }
 
-/// The upstream's request header, built in one pass over the client's: HTTP/1.1, origin-form
+/// How the body of an upstream request is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    /// No body follows the head.
+    Empty,
+    /// Exactly this many bytes follow (the client's one canonical `Content-Length`).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the client's body had no length for this hop.
+    Chunked,
+}
+
+/// An upstream request as it goes on the wire.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// Request line and fields, ending with the empty line.
+    pub head: Vec<u8>,
+    pub body: RequestBody,
+    /// A WebSocket opening handshake: a `101` answer turns the exchange into a byte pipe.
+    pub upgrade: bool,
+    /// `HEAD`: the response has no body whatever its fields say.
+    pub head_method: bool,
+}
+
+/// Room for the request line and the edge's own fields, so writing the head rarely grows it.
+const HEAD_SPARE: usize = 512;
+
+/// Appends one field line.
+fn put_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// The upstream request, written in one pass over the client's head: HTTP/1.1, origin-form
 /// target; the client's fields minus the hop-by-hop ones, every field `Connection` nominates
 /// (never `Host`) and client copies of reserved fields; the edge's own fields; `Host` from
 /// `:authority` on HTTP/2 (whose split `Cookie` fields are joined, RFC 9113 §8.2.3); one
 /// canonical `Content-Length`, else `Transfer-Encoding: chunked` when a body follows; WebSocket as
-/// the one upgrade passed through. Field names go out in lower case (common standard ones titled):
-/// they are case-insensitive (RFC 9110 §5.1), and no per-request case map is built.
+/// the one upgrade passed through. Field names go out in lower case, as `http` keeps them: they
+/// are case-insensitive (RFC 9110 §5.1). Values are `HeaderValue`s, which hold no CR, LF or NUL,
+/// so nothing written here can split the head.
 pub fn upstream_request(
     downstream: &RequestHeader,
     reserved: &ReservedHeaders,
     names: &HeaderNames,
     forwarded: &Forwarded<'_>,
     body_expected: bool,
-) -> pingora_error::Result<Box<RequestHeader>> {
-    let too_many = |_| invalid("too many header fields");
+) -> pingora_error::Result<UpstreamRequest> {
     let mut nominated: Vec<HeaderName> = Vec::new();
     for value in downstream.headers.get_all(header::CONNECTION) {
         for token in list_elements(value) {
@@ -153,13 +183,30 @@ pub fn upstream_request(
         }
     }
     let http2 = downstream.version == Version::HTTP_2;
-    let mut fields = HeaderMap::try_with_capacity(downstream.headers.len() + EDGE_FIELDS).map_err(too_many)?;
+    let authority = downstream.uri.authority().filter(|_| http2);
+
+    let mut head = Vec::with_capacity(HEAD_SPARE + 64 * downstream.headers.len());
+    head.extend_from_slice(downstream.method.as_str().as_bytes());
+    head.push(b' ');
+    let raw = downstream.raw_path();
+    if !downstream.raw_path_is_utf8() && raw.starts_with(b"/") {
+        // Non-UTF-8 bytes go on as received, not as the URI's lossy rendering.
+        head.extend_from_slice(raw);
+    } else {
+        match downstream.uri.path_and_query().map(|path| path.as_str()) {
+            Some(path) if !path.is_empty() => head.extend_from_slice(path.as_bytes()),
+            _ => head.push(b'/'),
+        }
+    }
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+
     let mut cookies: Option<Vec<u8>> = None;
     for (name, value) in &downstream.headers {
         if HOP_BY_HOP.contains(name)
             || *name == header::CONTENT_LENGTH
             || nominated.contains(name)
             || reserved.is_reserved(name.as_str())
+            || (authority.is_some() && *name == header::HOST)
         {
             continue;
         }
@@ -171,25 +218,25 @@ pub fn upstream_request(
             joined.extend_from_slice(value.as_bytes());
             continue;
         }
-        fields.try_append(name.clone(), value.clone()).map_err(too_many)?;
+        put_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(joined) = cookies {
-        let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).map_err(|_| invalid("invalid cookie"))?;
-        fields.try_insert(header::COOKIE, value).map_err(too_many)?;
+        put_field(&mut head, b"cookie", &joined);
     }
-    if is_websocket_upgrade(downstream) {
-        fields
-            .try_insert(header::CONNECTION, HeaderValue::from_static("Upgrade"))
-            .map_err(too_many)?;
-        fields
-            .try_insert(header::UPGRADE, HeaderValue::from_static("websocket"))
-            .map_err(too_many)?;
+    let upgrade = is_websocket_upgrade(downstream);
+    if upgrade {
+        put_field(&mut head, b"connection", b"Upgrade");
+        put_field(&mut head, b"upgrade", b"websocket");
     }
-    if http2 && let Some(authority) = downstream.uri.authority() {
+    if let Some(authority) = authority {
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("invalid :authority"))?;
-        fields.try_insert(header::HOST, host).map_err(too_many)?;
+        put_field(&mut head, b"host", host.as_bytes());
     }
-    add_edge_fields(&mut fields, names, forwarded).map_err(too_many)?;
+    add_edge_fields(
+        &mut |name, value| put_field(&mut head, name.as_str().as_bytes(), value.as_bytes()),
+        names,
+        forwarded,
+    );
     // The body is re-framed for this hop: with the length the request was framed by (one
     // canonical value, never a list a lenient upstream could read differently), else chunked.
     let length = if nominated.contains(&header::CONTENT_LENGTH) {
@@ -197,35 +244,28 @@ pub fn upstream_request(
     } else {
         content_length(&downstream.headers)
     };
-    match length {
+    let body = match length {
         Some(length) => {
-            fields
-                .try_insert(header::CONTENT_LENGTH, HeaderValue::from(length))
-                .map_err(too_many)?;
+            put_field(
+                &mut head,
+                b"content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
+            RequestBody::Length(length)
         }
         None if body_expected => {
-            fields
-                .try_insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))
-                .map_err(too_many)?;
+            put_field(&mut head, b"transfer-encoding", b"chunked");
+            RequestBody::Chunked
         }
-        None => {}
-    }
-
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.method = downstream.method.clone();
-    parts.uri = downstream
-        .uri
-        .path_and_query()
-        .map_or_else(|| http::Uri::from_static("/"), |path| http::Uri::from(path.clone()));
-    parts.version = Version::HTTP_11;
-    parts.headers = fields;
-    let mut request = Box::new(RequestHeader::from(parts));
-    let raw = downstream.raw_path();
-    if !downstream.raw_path_is_utf8() && raw.starts_with(b"/") {
-        // Non-UTF-8 bytes go on as received, not as the URI's lossy rendering.
-        request.set_raw_path(raw)?;
-    }
-    Ok(request)
+        None => RequestBody::Empty,
+    };
+    head.extend_from_slice(b"\r\n");
+    Ok(UpstreamRequest {
+        head,
+        body,
+        upgrade,
+        head_method: downstream.method == http::Method::HEAD,
+    })
 }
 
 /// The request's `Content-Length`, when every copy (and every list element) agrees; pingora has
@@ -386,29 +426,28 @@ fn is_websocket_upgrade(request: &RequestHeader) -> bool {
         && has_token(header::CONNECTION, "upgrade")
 }
 
-/// Sets the edge's own fields (client copies were never copied: see [`ReservedHeaders`]).
+/// Writes the edge's own fields through `put` (client copies were never copied: see
+/// [`ReservedHeaders`]).
 pub fn add_edge_fields(
-    fields: &mut HeaderMap,
+    put: &mut impl FnMut(&HeaderName, &HeaderValue),
     names: &HeaderNames,
     forwarded: &Forwarded<'_>,
-) -> Result<(), http::header::MaxSizeReached> {
-    fields.try_insert(names.application_id.clone(), forwarded.application_id.clone())?;
+) {
+    put(&names.application_id, forwarded.application_id);
     if let Some(tenant) = forwarded.tenant {
-        fields.try_insert(names.tenant_id.clone(), tenant.id.clone())?;
-        fields.try_insert(names.tenant_domain.clone(), tenant.domain_name.clone())?;
+        put(&names.tenant_id, &tenant.id);
+        put(&names.tenant_domain, &tenant.domain_name);
     }
-    fields.try_insert(names.forwarded_host.clone(), forwarded.host.clone())?;
-    fields.try_insert(
-        names.forwarded_proto.clone(),
-        HeaderValue::from_static(if forwarded.tls { "https" } else { "http" }),
-    )?;
+    put(&names.forwarded_host, forwarded.host);
+    let proto = HeaderValue::from_static(if forwarded.tls { "https" } else { "http" });
+    put(&names.forwarded_proto, &proto);
     if let Some(ip) = forwarded.client_ip {
         // The edge is the first hop: the client's own X-Forwarded-For was not copied.
         if let Ok(value) = HeaderValue::try_from(ip.to_string()) {
-            fields.try_insert(names.forwarded_for.clone(), value)?;
+            put(&names.forwarded_for, &value);
         }
     }
-    fields.try_insert(names.request_id.clone(), forwarded.request_id.clone())?;
+    put(&names.request_id, forwarded.request_id);
     if let Some(identity) = forwarded.identity {
         let pairs = [
             (&names.user_id, &identity.user_id),
@@ -420,11 +459,10 @@ pub fn add_edge_fields(
         ];
         for (name, value) in pairs {
             if let Some(value) = value {
-                fields.try_insert(name.clone(), value.clone())?;
+                put(name, value);
             }
         }
     }
-    Ok(())
 }
 
 /// Request ids: a random per-process prefix and a counter, 32 hex characters, unique without
@@ -473,6 +511,32 @@ impl Default for RequestIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream head read back as a peer would: (version minor, target, fields).
+    struct Parsed {
+        minor: u8,
+        target: Vec<u8>,
+        headers: HeaderMap,
+    }
+
+    fn parsed(request: &UpstreamRequest) -> Parsed {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Request::new(&mut fields);
+        let length = head.parse(&request.head).unwrap();
+        assert_eq!(length, httparse::Status::Complete(request.head.len()), "one whole head");
+        let mut headers = HeaderMap::new();
+        for field in head.headers.iter() {
+            headers.append(
+                HeaderName::from_bytes(field.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(field.value).unwrap(),
+            );
+        }
+        Parsed {
+            minor: head.version.unwrap(),
+            target: head.path.unwrap().as_bytes().to_vec(),
+            headers,
+        }
+    }
 
     fn names() -> HeaderNames {
         crate::config::parse(crate::config::tests_support::MINIMAL, &crate::config::Source::Embedded)
@@ -540,9 +604,11 @@ mod tests {
             request_id: &request_id,
             identity: None,
         };
-        let request = upstream_request(&request, &reserved, &names, &forwarded, true).unwrap();
-        assert_eq!(request.version, Version::HTTP_11);
-        assert_eq!(request.raw_path(), b"/orders?page=2");
+        let upstream = upstream_request(&request, &reserved, &names, &forwarded, true).unwrap();
+        assert_eq!(upstream.body, RequestBody::Length(5));
+        let request = parsed(&upstream);
+        assert_eq!(request.minor, 1);
+        assert_eq!(request.target, b"/orders?page=2");
         let header = |name: &str| {
             request
                 .headers
@@ -568,9 +634,7 @@ mod tests {
         for gone in ["connection", "x-hop", "keep-alive", "te", "transfer-encoding"] {
             assert!(header(gone).is_empty(), "{gone}");
         }
-        let mut wire = Vec::new();
-        request.header_to_h1_wire(&mut wire);
-        let wire = String::from_utf8(wire).unwrap();
+        let wire = String::from_utf8(upstream.head).unwrap();
         assert!(
             !wire.contains("evil") && !wire.contains("root") && !wire.contains("1.2.3.4"),
             "{wire}"
@@ -599,8 +663,10 @@ mod tests {
         request.append_header("cookie", "a=1").unwrap();
         request.append_header("cookie", "b=2").unwrap();
         let value = HeaderValue::from_static("x");
-        let request = upstream_request(&request, &reserved, &names, &forwarded(&value, &value), true).unwrap();
-        assert_eq!(request.raw_path(), b"/submit", "origin-form towards the upstream");
+        let upstream = upstream_request(&request, &reserved, &names, &forwarded(&value, &value), true).unwrap();
+        assert_eq!(upstream.body, RequestBody::Chunked);
+        let request = parsed(&upstream);
+        assert_eq!(request.target, b"/submit", "origin-form towards the upstream");
         assert_eq!(request.headers.get("host").unwrap(), "acme.auth.portal.io");
         assert_eq!(request.headers.get_all("cookie").iter().count(), 1);
         assert_eq!(request.headers.get("cookie").unwrap(), "a=1; b=2");
@@ -616,6 +682,8 @@ mod tests {
         request.append_header("Connection", "Upgrade").unwrap();
         request.append_header("Upgrade", "websocket").unwrap();
         let upgraded = upstream_request(&request, &reserved, &names, &forwarded(&value, &value), false).unwrap();
+        assert!(upgraded.upgrade);
+        let upgraded = parsed(&upgraded);
         assert_eq!(upgraded.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(upgraded.headers.get("connection").unwrap(), "Upgrade");
         assert!(upgraded.headers.get("transfer-encoding").is_none());
@@ -624,6 +692,8 @@ mod tests {
         other.append_header("Connection", "Upgrade").unwrap();
         other.append_header("Upgrade", "h2c").unwrap();
         let plain = upstream_request(&other, &reserved, &names, &forwarded(&value, &value), false).unwrap();
+        assert!(!plain.upgrade);
+        let plain = parsed(&plain);
         assert!(plain.headers.get("upgrade").is_none() && plain.headers.get("connection").is_none());
 
         let mut flood = RequestHeader::build("GET", b"/", None).unwrap();

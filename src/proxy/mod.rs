@@ -18,7 +18,8 @@
 //!
 //! The edge is its own HTTP application on pingora-core (`forward`): one task per connection or
 //! HTTP/2 stream runs read → admit → forward → log for each of its requests, with upstream
-//! connections from a per-thread pool (`pool`). The request path takes no lock: the snapshot is
+//! connections from a per-thread pool (`pool`) spoken to by the edge's own HTTP/1.1 client
+//! (`upstream_http1`). The request path takes no lock: the snapshot is
 //! an `ArcSwap` load, metrics are atomics, the pool is thread-local.
 
 mod forward;
@@ -27,6 +28,7 @@ mod pool;
 pub mod rejection;
 pub mod state;
 pub mod upstream;
+mod upstream_http1;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +39,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 
 pub use rejection::Rejection;
 use state::{Runtime, Shared};
@@ -329,7 +331,7 @@ impl Edge {
         session: &ServerSession,
         context: &mut RequestContext,
         body_expected: bool,
-    ) -> Result<Box<RequestHeader>> {
+    ) -> Result<headers::UpstreamRequest> {
         let (Some(runtime), Some(route)) = (&context.runtime, context.route) else {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
