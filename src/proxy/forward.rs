@@ -33,11 +33,12 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOption
 use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_timeout::fast_timeout::fast_timeout;
 
 use super::headers::UpstreamRequest;
 use super::upstream_http1::Http1Connection;
-use super::{Edge, RequestContext, headers, pool};
+use pingora_timeout::fast_timeout::fast_timeout;
+
+use super::{Edge, RequestContext, bounded, headers, pool};
 
 /// How long the rest of a request body is read (and dropped) after the upstream answered early.
 pub const EARLY_ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,7 +159,7 @@ impl Edge {
     /// not response heads, the last chunk or flushes (a client that stops reading before a
     /// bodiless response would otherwise hold its connection, and an upstream one, forever).
     pub(super) async fn sent<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {
-        match fast_timeout(self.limits.send, write).await {
+        match bounded(self.limits.send, write).await {
             Ok(result) => result,
             Err(_) => Error::e_explain(
                 ErrorType::WriteTimedout,

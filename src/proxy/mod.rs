@@ -50,6 +50,21 @@ use crate::ops::access_log::{self, Entry};
 use crate::tenancy::{Route, host};
 use crate::tls::ConnectionTls;
 
+/// `future`, bounded by `limit`, for futures that usually complete on their first poll (writes):
+/// no timer is made then (making one reads the clock). Reads, which usually wait, use
+/// `fast_timeout` directly: polling them once more costs more than the timer saved.
+pub(crate) async fn bounded<F: std::future::Future>(
+    limit: Duration,
+    future: F,
+) -> std::result::Result<F::Output, pingora_timeout::Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|context| std::task::Poll::Ready(future.as_mut().poll(context))).await;
+    match first {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => pingora_timeout::fast_timeout::fast_timeout(limit, future).await,
+    }
+}
+
 /// Path prefix of ACME HTTP-01 validations (RFC 8555 §8.3).
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 

@@ -34,9 +34,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use pingora_timeout::fast_timeout::fast_timeout;
+
+use super::bounded;
 use super::headers::{RequestBody, UpstreamRequest};
 
 /// Largest response head (status line and fields) accepted from an upstream.
@@ -192,7 +194,7 @@ impl Http1Connection {
             stream.flush().await
         };
         let written = match self.write_timeout {
-            Some(limit) => fast_timeout(limit, write)
+            Some(limit) => bounded(limit, write)
                 .await
                 .map_err(|_| Error::explain(ErrorType::WriteTimedout, "writing to the upstream"))?,
             None => write.await,
@@ -475,7 +477,7 @@ impl Http1Connection {
     /// Closes the connection (a TLS close_notify first), within the write timeout.
     pub async fn shutdown(mut self) {
         let limit = self.write_timeout.unwrap_or(Duration::from_secs(1));
-        let _ = fast_timeout(limit, self.stream.shutdown()).await;
+        let _ = bounded(limit, self.stream.shutdown()).await;
     }
 }
 
