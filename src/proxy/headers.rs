@@ -233,7 +233,7 @@ pub fn upstream_request(
         put_field(&mut head, b"host", host.as_bytes());
     }
     add_edge_fields(
-        &mut |name, value| put_field(&mut head, name.as_str().as_bytes(), value.as_bytes()),
+        &mut |name, value| put_field(&mut head, name.as_str().as_bytes(), value),
         names,
         forwarded,
     );
@@ -428,26 +428,20 @@ fn is_websocket_upgrade(request: &RequestHeader) -> bool {
 
 /// Writes the edge's own fields through `put` (client copies were never copied: see
 /// [`ReservedHeaders`]).
-pub fn add_edge_fields(
-    put: &mut impl FnMut(&HeaderName, &HeaderValue),
-    names: &HeaderNames,
-    forwarded: &Forwarded<'_>,
-) {
-    put(&names.application_id, forwarded.application_id);
+pub fn add_edge_fields(put: &mut impl FnMut(&HeaderName, &[u8]), names: &HeaderNames, forwarded: &Forwarded<'_>) {
+    put(&names.application_id, forwarded.application_id.as_bytes());
     if let Some(tenant) = forwarded.tenant {
-        put(&names.tenant_id, &tenant.id);
-        put(&names.tenant_domain, &tenant.domain_name);
+        put(&names.tenant_id, tenant.id.as_bytes());
+        put(&names.tenant_domain, tenant.domain_name.as_bytes());
     }
-    put(&names.forwarded_host, forwarded.host);
-    let proto = HeaderValue::from_static(if forwarded.tls { "https" } else { "http" });
-    put(&names.forwarded_proto, &proto);
+    put(&names.forwarded_host, forwarded.host.as_bytes());
+    put(&names.forwarded_proto, if forwarded.tls { b"https" } else { b"http" });
     if let Some(ip) = forwarded.client_ip {
         // The edge is the first hop: the client's own X-Forwarded-For was not copied.
-        if let Ok(value) = HeaderValue::try_from(ip.to_string()) {
-            put(&names.forwarded_for, &value);
-        }
+        let mut text = [0u8; IP_TEXT_BYTES];
+        put(&names.forwarded_for, ip_text(ip, &mut text));
     }
-    put(&names.request_id, forwarded.request_id);
+    put(&names.request_id, forwarded.request_id.as_bytes());
     if let Some(identity) = forwarded.identity {
         let pairs = [
             (&names.user_id, &identity.user_id),
@@ -459,10 +453,40 @@ pub fn add_edge_fields(
         ];
         for (name, value) in pairs {
             if let Some(value) = value {
-                put(name, value);
+                put(name, value.as_bytes());
             }
         }
     }
+}
+
+/// The longest textual IP address (an IPv4-mapped IPv6 one).
+const IP_TEXT_BYTES: usize = 45;
+
+/// `ip` as text, written into `buffer` (IPv4 without the formatting machinery: it is on every
+/// request).
+fn ip_text(ip: IpAddr, buffer: &mut [u8; IP_TEXT_BYTES]) -> &[u8] {
+    let mut length = 0;
+    match ip {
+        IpAddr::V4(ip) => {
+            for (index, octet) in ip.octets().into_iter().enumerate() {
+                if index > 0 {
+                    buffer[length] = b'.';
+                    length += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(octet).as_bytes();
+                buffer[length..length + digits.len()].copy_from_slice(digits);
+                length += digits.len();
+            }
+        }
+        IpAddr::V6(ip) => {
+            let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+            // Infallible: the buffer holds the longest IPv6 text.
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+            length = usize::try_from(cursor.position()).unwrap_or_default();
+        }
+    }
+    &buffer[..length]
 }
 
 /// Request ids: a random per-process prefix and a counter, 32 hex characters, unique without
@@ -700,6 +724,23 @@ mod tests {
         let tokens: Vec<String> = (0..=MAX_CONNECTION_NOMINATIONS).map(|i| format!("x-{i}")).collect();
         flood.append_header("Connection", tokens.join(",")).unwrap();
         assert!(upstream_request(&flood, &reserved, &names, &forwarded(&value, &value), false).is_err());
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_text() {
+        let mut buffer = [0u8; IP_TEXT_BYTES];
+        for text in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buffer), text.as_bytes());
+        }
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        assert_eq!(ip_text(longest, &mut buffer), longest.to_string().as_bytes());
     }
 
     #[test]
