@@ -907,3 +907,35 @@ async fn an_unframed_upstream_answer_is_framed_for_http_1_1_clients() {
     let (head, _) = exchange(&mut stream, "GET /again HTTP/1.1\r\nHost: login.acme.test\r\n\r\n").await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
 }
+
+#[test]
+fn an_upstream_answering_past_its_response_never_answers_the_next_request() {
+    let Fixture { edge, _directory, .. } = fixture();
+    for version in ["--http1.1", "--http2"] {
+        let response = edge.curl(&[version, "https://login.acme.test/overrun"]);
+        assert_eq!((response.status, response.body.as_str()), (200, "ok"), "{response:?}");
+        // The bytes sent behind that answer, while the connection idled in the pool, must not be
+        // taken for the answer to anyone's next request.
+        std::thread::sleep(vestibule::ops::echo::OVERRUN_DELAY * 5);
+        for _ in 0..3 {
+            let next = edge.curl(&[version, "https://login.acme.test/next"]);
+            assert_eq!(next.status, 200, "{next:?}");
+            assert!(!next.body.contains("smuggled"), "{next:?}");
+            assert_eq!(next.json()["path"], "/next");
+        }
+    }
+}
+
+#[test]
+fn a_false_content_length_beside_chunks_does_not_reach_clients() {
+    let Fixture { edge, _directory, .. } = fixture();
+    for version in ["--http1.1", "--http2"] {
+        let response = edge.curl(&[version, "https://login.acme.test/both-framings"]);
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, "ok"),
+            "{version}: {response:?}"
+        );
+        assert_eq!(response.header("content-length"), None, "{version}: {response:?}");
+    }
+}

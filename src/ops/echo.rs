@@ -13,8 +13,10 @@
 //! closes the connection after that long idle, as Node.js does; `/hop-by-hop` answers with fields
 //! meant for the edge's hop only; `/bytes/{n}` answers with `n` zero bytes (at most 1 GiB), for
 //! clients that read slowly or not at all; `/chunked` answers `hello, world` in two chunks;
-//! `/unframed` answers `hello, world` without length or chunks, ending it by closing. Every
-//! answer reports which connection carried it
+//! `/unframed` answers `hello, world` without length or chunks, ending it by closing;
+//! `/overrun` answers `ok` and sends a second, unasked response [`OVERRUN_DELAY`] later, as a
+//! buggy or hostile upstream would to poison a shared connection; `/both-framings` answers `ok` chunked
+//! with a false `Content-Length` beside it. Every answer reports which connection carried it
 //! (`connection`, numbered from 1 per process).
 
 use std::net::SocketAddr;
@@ -28,6 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body read (and echoed as its length).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// How long `/overrun` waits before sending its unasked second response.
+pub const OVERRUN_DELAY: Duration = Duration::from_millis(20);
 
 /// Connections accepted so far (each answer names its connection).
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -137,6 +142,23 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         if target == "/unframed" {
             stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nhello, world").await?;
             return Ok(());
+        }
+        if target == "/overrun" {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await?;
+            // Behind the answer, once the edge has taken it (and pooled the connection).
+            tokio::time::sleep(OVERRUN_DELAY).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled")
+                .await?;
+            continue;
+        }
+        if target == "/both-framings" {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n\
+                          2\r\nok\r\n0\r\n\r\n";
+            stream.write_all(answer.as_bytes()).await?;
+            continue;
         }
         if target == "/chunked" {
             let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\nhello, \r\n5\r\nworld\r\n0\r\n\r\n";

@@ -241,10 +241,13 @@ impl Edge {
                     let idle = upstream.idle_timeout().min(announced);
                     // Whether the upstream keeps the connection open was decided from the
                     // response (Connection, HTTP version, framing).
-                    match connection.into_reusable() {
-                        Ok(stream) if !idle.is_zero() => pool::put(key, stream, idle),
-                        Ok(_) => {}
-                        Err(connection) => connection.shutdown().await,
+                    if idle.is_zero() {
+                        connection.shutdown().await;
+                    } else {
+                        match connection.into_reusable() {
+                            Ok(stream) => pool::put(key, stream, idle),
+                            Err(connection) => connection.shutdown().await,
+                        }
                     }
                     return Ok(());
                 }
@@ -302,9 +305,11 @@ impl Edge {
                     }
                     let replayable = idempotent && !body_sent && !response_started;
                     let task = task.map_err(|e| {
-                        // A timeout says the upstream got the request and is slow: never sent again.
-                        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
-                        Failure::upstream(write_failure.take().unwrap_or(e), replayable && !timed_out)
+                        // Only a connection lost before any answer is sent again: a timeout says
+                        // the upstream got the request and is slow, a malformed answer that it
+                        // got it and answered.
+                        let lost = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError);
+                        Failure::upstream(write_failure.take().unwrap_or(e), replayable && lost)
                     })?;
                     response_started = true;
                     let ends = matches!(

@@ -189,15 +189,24 @@ pub fn upstream_request(
     head.extend_from_slice(downstream.method.as_str().as_bytes());
     head.push(b' ');
     let raw = downstream.raw_path();
-    if !downstream.raw_path_is_utf8() && raw.starts_with(b"/") {
+    let target = if !downstream.raw_path_is_utf8() && raw.starts_with(b"/") {
         // Non-UTF-8 bytes go on as received, not as the URI's lossy rendering.
-        head.extend_from_slice(raw);
+        raw
     } else {
-        match downstream.uri.path_and_query().map(|path| path.as_str()) {
-            Some(path) if !path.is_empty() => head.extend_from_slice(path.as_bytes()),
-            _ => head.push(b'/'),
-        }
+        downstream
+            .uri
+            .path_and_query()
+            .map_or(&b""[..], |path| path.as_str().as_bytes())
+    };
+    // The parsers before this refuse such bytes already; the request line is not left to them.
+    if target.iter().any(|&byte| byte <= b' ' || byte == 0x7f) {
+        return Err(invalid("control character or space in the request target"));
     }
+    if target.is_empty() || target[0] == b'?' {
+        // Origin-form needs a path (an HTTP/2 `:path` of `?q` means `/?q`).
+        head.push(b'/');
+    }
+    head.extend_from_slice(target);
     head.extend_from_slice(b" HTTP/1.1\r\n");
 
     let mut cookies: Option<Vec<u8>> = None;
@@ -375,14 +384,15 @@ pub fn frame_for_http1_client(response: &mut ResponseHeader, client: Version, he
         response.remove_header(&header::TRANSFER_ENCODING);
         return true;
     }
-    let chunked = list_elements(&codings)
-        .last()
-        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
-    if client == Version::HTTP_11 && !chunked {
+    if client == Version::HTTP_11 && !super::upstream_http1::last_coding_is_chunked(codings.as_bytes()) {
         // Codings without chunked end by closing upstream; chunked on top lets the client's
-        // connection stay open.
-        let mut value = codings.as_bytes().to_vec();
-        value.extend_from_slice(b", chunked");
+        // connection stay open. Empty list elements are dropped on the way.
+        let mut value = Vec::with_capacity(codings.len() + 9);
+        for coding in list_elements(&codings).filter(|coding| !coding.is_empty()) {
+            value.extend_from_slice(coding);
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(b"chunked");
         if let Ok(value) = HeaderValue::from_bytes(&value) {
             let _ = response.insert_header(header::TRANSFER_ENCODING, value);
         }

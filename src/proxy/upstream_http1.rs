@@ -41,11 +41,13 @@ use pingora_timeout::fast_timeout::fast_timeout;
 use super::bounded;
 use super::headers::{RequestBody, UpstreamRequest};
 
-/// Largest response head (status line and fields) accepted from an upstream.
+/// Largest response head (status line and fields) accepted from an upstream: eight times
+/// nginx's default (`proxy_buffer_size`); pingora's client allowed 1 MiB, which lets one
+/// response hold a megabyte per connection before its body.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
-/// Most fields one response head may carry.
-pub const MAX_RESPONSE_FIELDS: usize = 128;
+/// Most fields one response head may carry (as many as pingora's client allowed).
+pub const MAX_RESPONSE_FIELDS: usize = 256;
 
 /// Longest chunk-size line, extensions included.
 pub const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
@@ -163,9 +165,14 @@ impl Http1Connection {
                 self.write(&[data]).await
             }
             Writing::Chunked => {
+                // One buffer, so one write (one TLS record): upstream streams are unbuffered.
                 let mut size = [0u8; 18];
                 let line = chunk_size_line(data.len(), &mut size);
-                self.write(&[line, data, b"\r\n"]).await
+                let mut chunk = Vec::with_capacity(line.len() + data.len() + 2);
+                chunk.extend_from_slice(line);
+                chunk.extend_from_slice(data);
+                chunk.extend_from_slice(b"\r\n");
+                self.write(&[&chunk]).await
             }
             Writing::Raw => self.write(&[data]).await,
             Writing::Done => Err(invalid("request body after its end")),
@@ -299,11 +306,11 @@ impl Http1Connection {
         // Left uninitialised: zeroing room for every possible field costs more than the parse.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
         let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            &self.buffer,
-            &mut fields,
-        );
+        // `Name : value` is accepted and cleaned (RFC 9112 §5.1 lets a proxy remove the space);
+        // obsolete line folding is refused with a 502, which §5.2 allows.
+        let parsed = httparse::ParserConfig::default()
+            .allow_spaces_after_header_name_in_responses(true)
+            .parse_response_with_uninit_headers(&mut response, &self.buffer, &mut fields);
         let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if self.buffer.len() > MAX_RESPONSE_HEAD_BYTES => {
@@ -347,18 +354,20 @@ impl Http1Connection {
         parts.status = status;
         parts.version = version;
         parts.headers = headers;
-        let response = Box::new(ResponseHeader::from(parts));
-        self.reading = self.framing(&response)?;
+        let mut response = Box::new(ResponseHeader::from(parts));
+        self.reading = self.framing(&mut response)?;
         Ok(Some(response))
     }
 
     /// How the body of `response` is delimited (RFC 9112 §6.3), and whether the connection stays
-    /// open after it.
-    fn framing(&mut self, response: &ResponseHeader) -> Result<Reading> {
+    /// open after it. A final response's `Content-Length` is checked even where it delimits
+    /// nothing (HEAD, 204, 304: it is passed on), and removed where `Transfer-Encoding`
+    /// overrides it (RFC 9112 §6.3: an intermediary must not forward both).
+    fn framing(&mut self, response: &mut ResponseHeader) -> Result<Reading> {
         let status = response.status;
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if !self.upgrade_requested {
-                return Err(invalid("101 without an upgrade request"));
+            if !self.upgrade_requested || response.version != Version::HTTP_11 {
+                return Err(invalid("101 without an HTTP/1.1 upgrade request"));
             }
             // Both directions carry raw bytes until one side closes.
             self.writing = Writing::Raw;
@@ -376,47 +385,49 @@ impl Http1Connection {
                 .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
         };
-        self.keepalive = match response.version {
-            Version::HTTP_11 => !connection(b"close"),
-            _ => connection(b"keep-alive"),
-        };
-        if self.head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Ok(Reading::Done);
-        }
-        if let Some(codings) = fields.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-            // Both framings, or chunked in HTTP/1.0, is how responses get smuggled (RFC 9112
-            // §6.1, §6.3): read as chunked, but never trusted with another request.
-            if fields.contains_key(header::CONTENT_LENGTH) || response.version == Version::HTTP_10 {
-                self.keepalive = false;
-            }
-            let chunked = codings
-                .as_bytes()
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if chunked {
-                return Ok(Reading::Chunked(Chunk::Size));
-            }
-            self.keepalive = false;
-            return Ok(Reading::UntilClose);
-        }
-        let mut length: Option<u64> = None;
-        for value in fields.get_all(header::CONTENT_LENGTH) {
-            for element in value.as_bytes().split(|&byte| byte == b',') {
-                let parsed = parse_decimal(element.trim_ascii()).ok_or_else(|| invalid("invalid Content-Length"))?;
-                if length.is_some_and(|known| known != parsed) {
-                    return Err(invalid("conflicting Content-Length values"));
+        // `close` wins over anything else listed.
+        self.keepalive = !connection(b"close") && (response.version == Version::HTTP_11 || connection(b"keep-alive"));
+        let bodiless = self.head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let codings = fields.get_all(header::TRANSFER_ENCODING).iter().next_back();
+        let Some(codings) = codings else {
+            let mut length: Option<u64> = None;
+            for value in fields.get_all(header::CONTENT_LENGTH) {
+                for element in value.as_bytes().split(|&byte| byte == b',') {
+                    let parsed =
+                        parse_decimal(element.trim_ascii()).ok_or_else(|| invalid("invalid Content-Length"))?;
+                    if length.is_some_and(|known| known != parsed) {
+                        return Err(invalid("conflicting Content-Length values"));
+                    }
+                    length = Some(parsed);
                 }
-                length = Some(parsed);
             }
+            return Ok(match length {
+                _ if bodiless => Reading::Done,
+                Some(0) => Reading::Done,
+                Some(length) => Reading::Length(length),
+                None => {
+                    self.keepalive = false;
+                    Reading::UntilClose
+                }
+            });
+        };
+        let chunked = last_coding_is_chunked(codings.as_bytes());
+        // Both framings, or chunked in HTTP/1.0, is how responses get smuggled (RFC 9112 §6.1,
+        // §6.3): read by the chunks, but never trusted with another request.
+        if fields.contains_key(header::CONTENT_LENGTH) {
+            self.keepalive = false;
+            response.remove_header(&header::CONTENT_LENGTH);
         }
-        Ok(match length {
-            Some(0) => Reading::Done,
-            Some(length) => Reading::Length(length),
-            None => {
-                self.keepalive = false;
-                Reading::UntilClose
-            }
+        if response.version == Version::HTTP_10 {
+            self.keepalive = false;
+        }
+        Ok(if bodiless {
+            Reading::Done
+        } else if chunked {
+            Reading::Chunked(Chunk::Size)
+        } else {
+            self.keepalive = false;
+            Reading::UntilClose
         })
     }
 
@@ -468,10 +479,27 @@ impl Http1Connection {
 
     /// The stream, when the exchange ended cleanly and the upstream keeps the connection open:
     /// see the module contract.
-    pub fn into_reusable(self) -> std::result::Result<Stream, Self> {
-        let reusable =
-            self.keepalive && self.reading == Reading::Done && self.writing == Writing::Done && self.buffer.is_empty();
+    pub fn into_reusable(mut self) -> std::result::Result<Stream, Self> {
+        let reusable = self.keepalive
+            && self.reading == Reading::Done
+            && self.writing == Writing::Done
+            && self.buffer.is_empty()
+            && !self.tls_holds_more();
         if reusable { Ok(self.stream) } else { Err(self) }
+    }
+
+    /// Over TLS, bytes beyond the response may sit decrypted (or in a partial record) inside the
+    /// TLS layer, where the pool's peek at the socket cannot see them: one read that must not
+    /// find anything (no data, no close) tells. Plain TCP is left to that peek.
+    fn tls_holds_more(&mut self) -> bool {
+        if self.stream.get_ssl_digest().is_none() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.stream), &mut context, &mut probe);
+        !polled.is_pending()
     }
 
     /// Closes the connection (a TLS close_notify first), within the write timeout.
@@ -492,6 +520,16 @@ fn line_end(buffer: &[u8], limit: usize) -> Result<Option<usize>> {
         None if buffer.len() >= limit => Err(invalid("chunk line or trailers too long")),
         None => Ok(None),
     }
+}
+
+/// Whether the last coding a `Transfer-Encoding` value lists is `chunked` (empty list elements
+/// do not count, RFC 9110 §5.6.1).
+pub fn last_coding_is_chunked(codings: &[u8]) -> bool {
+    codings
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|coding| !coding.is_empty())
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A chunk-size line without its CRLF: 1 to 16 hex digits, then optionally whitespace and

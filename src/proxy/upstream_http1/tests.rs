@@ -335,3 +335,172 @@ fn chunk_size_lines() {
     assert_eq!(parse_decimal(b"0012"), Some(12));
     assert_eq!(parse_decimal(b"99999999999999999999"), None);
 }
+
+/// The final head of `answer` (sent at once) to a request, and whether the connection is kept.
+async fn final_head(answer: &[u8], head_method: bool) -> (pingora_error::Result<Box<ResponseHeader>>, bool) {
+    let (mut connection, mut upstream) = pair().await;
+    let mut head = request(RequestBody::Empty);
+    head.head_method = head_method;
+    connection.send_head(&head).await.unwrap();
+    upstream.write_all(answer).await.unwrap();
+    let header = loop {
+        match connection.read_task().await {
+            Ok(HttpTask::Header(header, _)) if !header.status.is_informational() => break Ok(header),
+            Ok(HttpTask::Header(..)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(error) => break Err(error),
+        }
+    };
+    if header.is_ok() {
+        while !matches!(connection.read_task().await, Ok(HttpTask::Done) | Err(_)) {}
+    }
+    (header, connection.into_reusable().is_ok())
+}
+
+#[tokio::test]
+async fn transfer_encoding_overrides_and_removes_content_length_wherever_it_appears() {
+    for (answer, head_method) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            false,
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+        ),
+    ] {
+        let (header, reusable) = final_head(answer, head_method).await;
+        let header = header.unwrap();
+        assert!(header.headers.get("content-length").is_none(), "{header:?}");
+        assert!(header.headers.get("transfer-encoding").is_some());
+        assert!(!reusable, "both framings: never trusted again");
+    }
+}
+
+#[tokio::test]
+async fn content_length_is_checked_even_where_it_delimits_nothing() {
+    for (answer, head_method) in [
+        (
+            &b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..],
+            false,
+        ),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: abc\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", true),
+    ] {
+        let (header, reusable) = final_head(answer, head_method).await;
+        let error = header.expect_err("invalid length");
+        assert_eq!(error.etype(), &ErrorType::InvalidHTTPHeader);
+        assert!(!reusable);
+    }
+    let (header, reusable) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true).await;
+    assert_eq!(
+        header.unwrap().headers.get("content-length").unwrap(),
+        "7",
+        "passed on for HEAD"
+    );
+    assert!(reusable);
+}
+
+#[tokio::test]
+async fn list_and_version_edge_cases_of_the_framing_fields() {
+    // An empty last list element does not hide chunked.
+    let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let (result, reusable) = exchange(answer, answer.len()).await;
+    assert_eq!(result.unwrap(), (vec![200], b"ok".to_vec()));
+    assert!(reusable);
+    // Chunked in HTTP/1.0 is read, but the connection is not kept.
+    let answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let (result, reusable) = exchange(answer, answer.len()).await;
+    assert_eq!(result.unwrap(), (vec![200], b"ok".to_vec()));
+    assert!(!reusable);
+    // `close` wins over `keep-alive`.
+    let answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok";
+    let (result, reusable) = exchange(answer, answer.len()).await;
+    assert_eq!(result.unwrap(), (vec![200], b"ok".to_vec()));
+    assert!(!reusable);
+    // Whitespace before the colon is cleaned, not refused (RFC 9112 §5.1).
+    let (header, reusable) = final_head(b"HTTP/1.1 200 OK\r\nX-Spaced : yes\r\nContent-Length: 0\r\n\r\n", false).await;
+    assert_eq!(header.unwrap().headers.get("x-spaced").unwrap(), "yes");
+    assert!(reusable);
+}
+
+#[tokio::test]
+async fn more_malformed_framing() {
+    let long_extension = format!("2;{}\r\nok\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE_BYTES));
+    let long_trailers = format!("0\r\nX-Trailer: {}\r\n\r\n", "x".repeat(MAX_TRAILER_BYTES));
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        (format!("{chunked}{long_extension}"), "chunk line too long"),
+        (format!("{chunked}{long_trailers}"), "trailers too long"),
+        (format!("{chunked}5\r\r\nhello\r\n0\r\n\r\n"), "CR CR LF"),
+        (
+            format!("{chunked}2\r\nok\r\n0\r\nX-Bare: 1\n\r\n"),
+            "bare LF in trailers",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nFolded: a\r\n b\r\nContent-Length: 0\r\n\r\n".into(),
+            "obsolete folding",
+        ),
+    ];
+    for (answer, case) in cases {
+        let answer = answer.into_bytes();
+        let (result, reusable) = exchange(&answer, answer.len()).await;
+        let error = result.expect_err(case);
+        assert_eq!(error.etype(), &ErrorType::InvalidHTTPHeader, "{case}: {error}");
+        assert!(!reusable, "{case}");
+    }
+    // A 101 in HTTP/1.0 is no upgrade, even to a WebSocket request.
+    let (mut connection, mut upstream) = pair().await;
+    let mut websocket = request(RequestBody::Empty);
+    websocket.upgrade = true;
+    connection.send_head(&websocket).await.unwrap();
+    upstream
+        .write_all(b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let error = connection.read_task().await.expect_err("HTTP/1.0 101");
+    assert_eq!(error.etype(), &ErrorType::InvalidHTTPHeader);
+}
+
+#[tokio::test]
+async fn reading_survives_being_cancelled_at_any_point() {
+    // The request loop drops `read_task` whenever the client's body wins the race: every byte
+    // must still be read exactly once.
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
+    let (mut connection, mut upstream) = pair().await;
+    connection.send_head(&request(RequestBody::Empty)).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for byte in answer {
+            upstream.write_all(&[*byte]).await.unwrap();
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+        upstream
+    });
+    let (mut statuses, mut body, mut cancelled) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let Ok(task) = tokio::time::timeout(Duration::from_micros(200), connection.read_task()).await else {
+            cancelled += 1;
+            continue;
+        };
+        match task.unwrap() {
+            HttpTask::Header(header, _) => statuses.push(header.status.as_u16()),
+            HttpTask::Body(data, end) => {
+                body.extend_from_slice(&data.unwrap_or_default());
+                if end {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _upstream = writer.await.unwrap();
+    assert!(cancelled > 10, "the reads were cancelled ({cancelled})");
+    assert_eq!(statuses, [100, 200]);
+    assert_eq!(body, b"hello world");
+    assert!(connection.into_reusable().is_ok());
+}
