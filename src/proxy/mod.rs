@@ -51,17 +51,39 @@ use crate::tenancy::{Route, host};
 use crate::tls::ConnectionTls;
 
 /// `future`, bounded by `limit`, for futures that usually complete on their first poll (writes):
-/// no timer is made then (making one reads the clock). Reads, which usually wait, use
-/// `fast_timeout` directly: polling them once more costs more than the timer saved.
-pub(crate) async fn bounded<F: std::future::Future>(
-    limit: Duration,
-    future: F,
-) -> std::result::Result<F::Output, pingora_timeout::Elapsed> {
-    let mut future = std::pin::pin!(future);
-    let first = std::future::poll_fn(|context| std::task::Poll::Ready(future.as_mut().poll(context))).await;
-    match first {
-        std::task::Poll::Ready(output) => Ok(output),
-        std::task::Poll::Pending => pingora_timeout::fast_timeout::fast_timeout(limit, future).await,
+/// the timer is made only when the future first waits (`fast_timeout` reads the clock as soon as
+/// it is made). Reads, which usually wait, use `fast_timeout` directly.
+pub(crate) fn bounded<F: std::future::Future>(limit: Duration, future: F) -> Bounded<F> {
+    Bounded {
+        future,
+        limit,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`bounded`].
+    pub(crate) struct Bounded<F> {
+        #[pin]
+        future: F,
+        limit: Duration,
+        timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Bounded<F> {
+    type Output = std::result::Result<F::Output, pingora_timeout::Elapsed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(output) = this.future.poll(context) {
+            return std::task::Poll::Ready(Ok(output));
+        }
+        let limit = *this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(pingora_timeout::fast_timeout::fast_sleep(limit)));
+        timer.as_mut().poll(context).map(|()| Err(pingora_timeout::Elapsed))
     }
 }
 
@@ -164,8 +186,8 @@ impl Edge {
             && let Some(token) = request.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX)
             && let Some(responder) = &self.shared.http01
         {
-            let answer = responder
-                .key_authorization(host, token)
+            // Boxed: a cold path (shared storage) kept out of every connection's future.
+            let answer = Box::pin(responder.key_authorization(host, token))
                 .await
                 .ok_or(Rejection::NotFound)?;
             metrics::global()
@@ -509,6 +531,28 @@ impl Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bounded_futures_make_a_timer_only_when_they_wait() {
+        let ready = bounded(Duration::from_millis(10), async { 7 });
+        assert!(ready.timer.is_none());
+        assert_eq!(ready.await.unwrap(), 7);
+
+        let mut waiting = std::pin::pin!(bounded(Duration::from_millis(50), std::future::pending::<()>()));
+        let first = std::future::poll_fn(|context| std::task::Poll::Ready(waiting.as_mut().poll(context))).await;
+        assert!(first.is_pending());
+        assert!(waiting.timer.is_some(), "armed on the first wait");
+        let started = Instant::now();
+        assert!(waiting.await.is_err());
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let later = bounded(Duration::from_secs(5), tokio::time::sleep(Duration::from_millis(20)));
+        assert!(later.await.is_ok(), "finishing within the limit");
+    }
 
     #[test]
     fn the_header_budget_covers_the_keep_alive_wait() {

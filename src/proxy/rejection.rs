@@ -75,8 +75,18 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// Writes a complete response the edge generated.
+/// Writes a complete response the edge generated. Boxed: its writes are kept out of every
+/// connection's request future (an idle connection carries that future's largest state).
 pub async fn respond(
+    session: &mut ServerSession,
+    status: u16,
+    headers: &[(&'static str, &str)],
+    body: Bytes,
+) -> pingora_error::Result<()> {
+    Box::pin(respond_inline(session, status, headers, body)).await
+}
+
+async fn respond_inline(
     session: &mut ServerSession,
     status: u16,
     headers: &[(&'static str, &str)],
