@@ -16,7 +16,8 @@
 //!
 //! `--instructions N` measures instead, for each proxy, the user-space instructions it executes
 //! per keep-alive HTTPS/1.1 request (valgrind's callgrind, `h2load --h1 -n N -c 4` after a
-//! warm-up): a count that does not drift with the machine's load, for comparing builds.
+//! warm-up): a count that does not drift with the machine's load, for comparing builds; `--keep DIR`
+//! keeps both profiles there for `callgrind_annotate`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -64,12 +65,16 @@ fn options() -> Options {
 }
 
 fn arguments_value(name: &str) -> Option<u64> {
+    arguments_text(name).and_then(|v| v.parse().ok())
+}
+
+fn arguments_text(name: &str) -> Option<String> {
     let arguments: Vec<String> = std::env::args().collect();
     arguments
         .iter()
         .position(|a| a == name)
         .and_then(|i| arguments.get(i + 1))
-        .and_then(|v| v.parse().ok())
+        .cloned()
 }
 
 fn require(tool: &str) {
@@ -686,7 +691,13 @@ fn instructions(directory: &Path, proxies: &[Proxy; 2], token: &str, requests: u
         control("-d");
         let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
         let _ = child.wait();
-        let dump = std::fs::read_to_string(format!("{}.1", output.display())).expect("callgrind dump");
+        let dump_path = format!("{}.1", output.display());
+        if let Some(keep) = arguments_text("--keep") {
+            // `--keep DIR`: the profile stays for callgrind_annotate.
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&dump_path, Path::new(&keep).join(format!("callgrind.{}", proxy.name))).unwrap();
+        }
+        let dump = std::fs::read_to_string(&dump_path).expect("callgrind dump");
         let total: u64 = dump
             .lines()
             .find_map(|line| line.strip_prefix("summary: ").or_else(|| line.strip_prefix("totals: ")))

@@ -939,3 +939,68 @@ fn a_false_content_length_beside_chunks_does_not_reach_clients() {
         assert_eq!(response.header("content-length"), None, "{version}: {response:?}");
     }
 }
+
+/// Bodiless requests are served by the edge's own HTTP/1.1 code, the rest by pingora's session;
+/// one connection switches between them and keeps its order, pipelined requests included.
+#[tokio::test]
+async fn one_connection_serves_every_kind_of_request_in_order() {
+    let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+    let (head, body) = exchange(&mut stream, "GET /one HTTP/1.1\r\nHost: login.acme.test\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: keep-alive"), "{head}");
+    assert_eq!(head.matches("\r\ndate: ").count(), 1, "{head}");
+    assert_eq!(json(&body)["path"], "/one");
+    let (head, body) = exchange(
+        &mut stream,
+        "POST /two HTTP/1.1\r\nHost: login.acme.test\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        (json(&body)["path"].clone(), json(&body)["body_length"].clone()),
+        ("/two".into(), 5.into())
+    );
+    // Three requests in one write: a bodiless one, one with a body, a bodiless one.
+    stream
+        .write_all(
+            b"GET /three HTTP/1.1\r\nHost: login.acme.test\r\n\r\n\
+              POST /four HTTP/1.1\r\nHost: login.acme.test\r\nContent-Length: 2\r\n\r\nhi\
+              GET /five HTTP/1.1\r\nHost: login.acme.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for path in ["/three", "/four", "/five"] {
+        let (head, body) = exchange(&mut stream, "").await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert_eq!(json(&body)["path"], path);
+    }
+    stream
+        .write_all(b"HEAD /six HTTP/1.1\r\nHost: login.acme.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("content-length: "),
+        "{head}"
+    );
+    // HEAD's answer has no body even though it carries the length: the next answer follows it.
+    let (head, body) = exchange(&mut stream, "GET /seven HTTP/1.1\r\nHost: login.acme.test\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(json(&body)["path"], "/seven");
+    let (head, _) = exchange(
+        &mut stream,
+        "GET /last HTTP/1.1\r\nHost: login.acme.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the edge closes after `Connection: close`: {rest:?}"
+    );
+}

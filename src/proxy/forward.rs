@@ -29,12 +29,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::Method;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
 
+use super::downstream::Downstream;
 use super::headers::UpstreamRequest;
+use super::server_http1::{Http1Server, Read};
 use super::upstream_http1::Http1Connection;
 use pingora_timeout::fast_timeout::fast_timeout;
 
@@ -51,7 +54,7 @@ impl HttpServerApp for Edge {
 
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         // Every request of a keep-alive connection is served from this one future (pingora would
@@ -61,27 +64,74 @@ impl HttpServerApp for Edge {
         let mut stopping = shutdown.clone();
         let stop = stopping.wait_for(|stop| *stop);
         tokio::pin!(stop);
-        loop {
-            if !self.serve(&mut session, shutdown, stop.as_mut()).await {
-                return None;
+        match session {
+            ServerSession::H1(http1) => {
+                // Nothing was read yet: the edge's own HTTP/1.1 server takes the connection.
+                let connection = Http1Server::new(http1.into_inner(), None, self.limits.send);
+                self.serve_http1(connection, shutdown, stop.as_mut()).await;
             }
-            // What pingora does between two requests: carry the connection's keep-alive state
-            // over to a new session on the same stream (`None` for HTTP/2 streams).
-            let mut settings = HttpPersistentSettings::for_session(&session);
-            let Ok(Some(reusable)) = self.sent(session.finish()).await else {
-                return None;
-            };
-            let (stream, pipelined) = reusable.into_parts();
-            if let Some(prefix) = pipelined {
-                settings.set_pipelined_prefix(prefix);
+            // One HTTP/2 stream: one request.
+            mut session => {
+                if self.serve(&mut session, shutdown, stop.as_mut()).await {
+                    let _ = self.sent(session.finish()).await;
+                }
             }
-            session = ServerSession::new_http1(stream);
-            settings.apply_to_session(&mut session);
         }
+        None
     }
 }
 
 impl Edge {
+    /// Serves an HTTP/1 connection: bodiless requests on the edge's own server, others on a
+    /// pingora session that gets the bytes read so far and gives the connection back after.
+    async fn serve_http1<S>(&self, mut connection: Http1Server, shutdown: &ShutdownWatch, mut stop: Pin<&mut S>)
+    where
+        S: Future,
+    {
+        let limits = self.limits;
+        loop {
+            let read = tokio::select! {
+                // Biased: a request already buffered is served even when shutdown begins.
+                biased;
+                read = connection.read_request(limits.keepalive, limits.header) => read,
+                _ = stop.as_mut() => Read::End,
+            };
+            match read {
+                Read::End => {
+                    connection.shutdown().await;
+                    return;
+                }
+                Read::Request => {
+                    let mut downstream = Downstream::Own(&mut connection);
+                    if !self.handle(&mut downstream, shutdown).await || !connection.reusable() {
+                        connection.shutdown().await;
+                        return;
+                    }
+                }
+                Read::Elsewhere => {
+                    let (stream, read) = connection.into_parts();
+                    let mut http1 = HttpSession::new(stream);
+                    // Requests are served one after another (RFC 9112 §9.3.2), as on the
+                    // edge's own path: pipelined bytes after this request come back to it.
+                    http1.set_pipelining_enabled(true);
+                    if !read.is_empty() {
+                        http1.set_pipelined_prefix(read);
+                    }
+                    let mut session = ServerSession::H1(http1);
+                    if !self.serve(&mut session, shutdown, stop.as_mut()).await {
+                        return;
+                    }
+                    // pingora's keep-alive decision (it also drains what is left of the body).
+                    let Ok(Some(reusable)) = self.sent(session.finish()).await else {
+                        return;
+                    };
+                    let (stream, pipelined) = reusable.into_parts();
+                    connection = Http1Server::new(stream, pipelined, limits.send);
+                }
+            }
+        }
+    }
+
     /// Reads and serves one request. Returns whether the connection may carry another.
     async fn serve<S>(&self, session: &mut ServerSession, shutdown: &ShutdownWatch, stop: Pin<&mut S>) -> bool
     where
@@ -120,6 +170,11 @@ impl Edge {
                 return false;
             }
         }
+        self.handle(&mut Downstream::Pingora(session), shutdown).await
+    }
+
+    /// Serves a request whose head was read. Returns whether the connection may carry another.
+    async fn handle(&self, session: &mut Downstream<'_>, shutdown: &ShutdownWatch) -> bool {
         if matches!(session.req_header().method, Method::CONNECT | Method::TRACE) {
             // Tunnels are not proxied; the method also changes message framing (RFC 9112 §6.3).
             // TRACE would echo the edge's identity fields (assertion, access token) back.
@@ -128,7 +183,7 @@ impl Edge {
             return false;
         }
         if *shutdown.borrow() {
-            session.set_keepalive(None);
+            session.close_after();
         }
 
         let mut context = self.new_context();
@@ -141,7 +196,7 @@ impl Edge {
         if let Err(error) = outcome {
             // A response already under way cannot be finished: ending it normally (a last chunk,
             // an HTTP/2 END_STREAM) would pass a truncated body off as complete.
-            truncated = session.response_written().is_some();
+            truncated = session.response_status().is_some();
             self.fail(session, &error, &mut context).await;
         }
         self.log(session, &mut context);
@@ -197,7 +252,7 @@ impl Edge {
     /// Sends the admitted request upstream and the response back. Connect failures move on to
     /// the next target (once per target); a reused connection that turns out closed is replaced
     /// when the request can be replayed.
-    async fn forward(&self, session: &mut ServerSession, context: &mut RequestContext) -> Result<()> {
+    async fn forward(&self, session: &mut Downstream<'_>, context: &mut RequestContext) -> Result<()> {
         let (Some(runtime), Some(route)) = (context.runtime.clone(), context.route) else {
             return Error::e_explain(ErrorType::InternalError, "forward without a route");
         };
@@ -269,7 +324,7 @@ impl Edge {
     /// see [`headers::upstream_keepalive`]; `Duration::MAX` when it announced nothing).
     async fn exchange(
         &self,
-        session: &mut ServerSession,
+        session: &mut Downstream<'_>,
         client: &mut Http1Connection,
         request: &UpstreamRequest,
         context: &mut RequestContext,
@@ -342,7 +397,7 @@ impl Edge {
                                     && version != http::Version::HTTP_2
                                     && headers::frame_for_http1_client(&mut header, version, head)
                                 {
-                                    session.set_keepalive(None);
+                                    session.close_after();
                                 }
                             }
                             self.sent(session.write_response_header(header)).await.map_err(Failure::downstream)?;
@@ -411,7 +466,7 @@ impl Edge {
             // connection may serve another request; a client that keeps sending loses it.
             let drained = tokio::time::timeout(EARLY_ANSWER_DRAIN_TIMEOUT, session.drain_request_body()).await;
             if !matches!(drained, Ok(Ok(()))) {
-                session.set_keepalive(None);
+                session.close_after();
             }
         }
         let reusable = !upgraded && !body_left && !answered_early && write_failure.is_none();

@@ -22,10 +22,12 @@
 //! (`upstream_http1`). The request path takes no lock: the snapshot is
 //! an `ArcSwap` load, metrics are atomics, the pool is thread-local.
 
+mod downstream;
 mod forward;
 pub mod headers;
 mod pool;
 pub mod rejection;
+mod server_http1;
 pub mod state;
 pub mod upstream;
 mod upstream_http1;
@@ -34,10 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use downstream::Downstream;
 use http::HeaderValue;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
@@ -104,6 +106,10 @@ pub struct Edge {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
     keepalive_seconds: u64,
+    /// The wait for a request on an open connection (the edge's HTTP/1.1 server).
+    keepalive: Duration,
+    /// The rest of a request header once its first bytes came (the edge's HTTP/1.1 server).
+    header: Duration,
     /// Budget for one request header, keep-alive wait included.
     request_header: Duration,
     read: Duration,
@@ -116,6 +122,8 @@ impl ClientLimits {
             // Whole seconds, at least one: pingora counts keep-alive in seconds and reads 0 as
             // "forever" (the configuration refuses zero).
             keepalive_seconds: server.keepalive_timeout.as_secs().max(1),
+            keepalive: server.keepalive_timeout,
+            header: server.request_header_timeout,
             request_header: server.keepalive_timeout + server.request_header_timeout,
             read: server.client_read_timeout,
             send: server.send_timeout,
@@ -162,8 +170,8 @@ enum Step {
     Answered,
 }
 
-fn tls_of(session: &ServerSession) -> (bool, Option<Arc<ConnectionTls>>) {
-    let ssl = session.digest().and_then(|digest| digest.ssl_digest.as_ref());
+fn tls_of(session: &Downstream<'_>) -> (bool, Option<Arc<ConnectionTls>>) {
+    let ssl = session.ssl_digest();
     let connection = ssl.and_then(|ssl| ssl.extension.get::<Arc<ConnectionTls>>()).cloned();
     (ssl.is_some(), connection)
 }
@@ -171,7 +179,7 @@ fn tls_of(session: &ServerSession) -> (bool, Option<Arc<ConnectionTls>>) {
 impl Edge {
     async fn route(
         &self,
-        session: &mut ServerSession,
+        session: &mut Downstream<'_>,
         context: &mut RequestContext,
         runtime: &Runtime,
     ) -> std::result::Result<Step, Rejection> {
@@ -291,7 +299,7 @@ impl Edge {
 
     async fn reject(
         &self,
-        session: &mut ServerSession,
+        session: &mut Downstream<'_>,
         context: &mut RequestContext,
         rejection: Rejection,
     ) -> Result<()> {
@@ -339,12 +347,12 @@ impl Edge {
     }
 
     /// Routes and authorizes the request. Returns `true` when the edge answered it itself.
-    async fn admit(&self, session: &mut ServerSession, context: &mut RequestContext) -> Result<bool> {
+    async fn admit(&self, session: &mut Downstream<'_>, context: &mut RequestContext) -> Result<bool> {
         self.shared.request_started();
         context.counted = true;
         if self.shared.is_draining() {
             // Shutting down: finish this request, then close the connection.
-            session.set_keepalive(None);
+            session.close_after();
         }
         context.request_id = self.shared.request_ids.next();
         (context.tls, context.connection) = tls_of(session);
@@ -365,7 +373,7 @@ impl Edge {
     /// edge's own (see [`headers::upstream_request`]).
     fn upstream_request(
         &self,
-        session: &ServerSession,
+        session: &Downstream<'_>,
         context: &mut RequestContext,
         body_expected: bool,
     ) -> Result<headers::UpstreamRequest> {
@@ -414,8 +422,8 @@ impl Edge {
 
     /// A request that could not be completed: answers with the mapped status when no response
     /// has started, and never reuses the connection.
-    async fn fail(&self, session: &mut ServerSession, error: &Error, context: &mut RequestContext) {
-        session.set_keepalive(None);
+    async fn fail(&self, session: &mut Downstream<'_>, error: &Error, context: &mut RequestContext) {
+        session.close_after();
         let rejection = match (error.esource(), error.etype()) {
             (_, ErrorType::HTTPStatus(code)) => return self.fail_with_status(session, *code).await,
             (
@@ -443,29 +451,27 @@ impl Edge {
                 .inc();
         }
         tracing::warn!(request_id = context.request_id.to_str().unwrap_or_default(), %error, "upstream exchange failed");
-        if session.response_written().is_none() {
+        if session.response_status().is_none() {
             let _ = self.reject(session, context, rejection).await;
         } else {
             context.rejection = Some(rejection.code());
         }
     }
 
-    async fn fail_with_status(&self, session: &mut ServerSession, status: u16) {
-        if session.response_written().is_none() {
+    async fn fail_with_status(&self, session: &mut Downstream<'_>, status: u16) {
+        if session.response_status().is_none() {
             let _ = session.respond_error(status).await;
         }
     }
 
     /// Counts and logs the request, once.
-    fn log(&self, session: &ServerSession, context: &mut RequestContext) {
+    fn log(&self, session: &Downstream<'_>, context: &mut RequestContext) {
         if std::mem::take(&mut context.counted) {
             self.shared.request_finished();
         }
         let elapsed = context.started.elapsed();
         let upstream_elapsed = context.upstream_started.map(|started| started.elapsed());
-        let status = session
-            .response_written()
-            .map_or(0, |response| response.status.as_u16());
+        let status = session.response_status().unwrap_or(0);
         let runtime = context.runtime.as_ref();
         let application = runtime.zip(context.route).map(|(runtime, route)| {
             (

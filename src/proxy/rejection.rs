@@ -1,7 +1,6 @@
 //! The one place where a refusal becomes an HTTP status and body.
 
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
 
 use crate::auth::AuthError;
@@ -78,7 +77,7 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
 /// Writes a complete response the edge generated. Boxed: its writes are kept out of every
 /// connection's request future (an idle connection carries that future's largest state).
 pub async fn respond(
-    session: &mut ServerSession,
+    session: &mut super::Downstream<'_>,
     status: u16,
     headers: &[(&'static str, &str)],
     body: Bytes,
@@ -87,7 +86,7 @@ pub async fn respond(
 }
 
 async fn respond_inline(
-    session: &mut ServerSession,
+    session: &mut super::Downstream<'_>,
     status: u16,
     headers: &[(&'static str, &str)],
     body: Bytes,

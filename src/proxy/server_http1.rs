@@ -1,0 +1,520 @@
+//! The edge's own HTTP/1.1 server side, for the requests that need nothing else: bodiless.
+//!
+//! Contract: [`Http1Server`] owns a client connection between requests. It reads a request head
+//! and takes it only when it is plainly a bodiless HTTP/1.1 request in origin form, with exactly
+//! one `Host` and none of `Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade` or
+//! `Expect` (the fields that change framing or the connection's fate). Everything else, a parse
+//! error included, is handed to pingora-core's HTTP/1 session together with the bytes read so far
+//! ([`Read::Elsewhere`]): request smuggling defences, bodies, `Expect`, upgrades, HTTP/1.0 and
+//! the error answers to malformed requests stay in one place, pingora's, and the edge's path is
+//! never more permissive than pingora's.
+//!
+//! Responses are written with their framing from the head: none for `HEAD`, 204 and 304; the
+//! `Content-Length` when there is one (never more bytes than it says, and a body cut short
+//! closes the connection); else chunked when `Transfer-Encoding` says so; else until close. The
+//! edge writes `Date` and `Connection` itself, as pingora does. A length-framed head waits for
+//! the first body bytes and goes out with them in one write (one TLS record); streamed heads and
+//! every body write are flushed at once. Every write is bounded by the send timeout.
+//!
+//! Reads: the wait for a request is bounded by the keep-alive timeout, the rest of its head by
+//! the request header timeout (one timer in the common case, where the head arrives in one read).
+//! Pipelined bytes after a head stay buffered for the next request. This replaced pingora's
+//! session for these requests, whose header maps with case maps, per-request session and buffer
+//! allocations, second serialisation and two TLS records per response were a fifth of the
+//! edge's instructions per keep-alive request (see benches/README.md).
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::bounded;
+
+/// Largest request head taken on the edge's path; a longer one goes to pingora (whose limit
+/// applies). Tokens and cookies fit with room.
+pub const MAX_FAST_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most fields a request head may carry on the edge's path; more go to pingora.
+pub const MAX_FAST_FIELDS: usize = 64;
+
+/// The read buffer a connection keeps between requests (pingora allocated as much per request).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Buffers larger than this are let go while a connection waits for its next request.
+const IDLE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// A body write of at most this many bytes is copied behind the pending head or chunk line and
+/// sent in the same write; a larger one is written on its own.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// What waiting for the next request gave.
+pub enum Read {
+    /// A request on the edge's path: see [`Http1Server::request`].
+    Request,
+    /// A request for pingora's session: the connection, with the bytes read of it.
+    Elsewhere,
+    /// The client closed, went quiet past a timeout, or the read failed.
+    End,
+}
+
+/// How the current response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No response head written yet.
+    NotStarted,
+    /// So many bytes still to go.
+    Length(u64),
+    Chunked,
+    UntilClose,
+    /// Complete (or bodiless).
+    Done,
+}
+
+/// A client connection served by the edge's own HTTP/1.1 code.
+pub struct Http1Server {
+    stream: Stream,
+    /// Bytes read and not yet taken: the start of the next request.
+    read: BytesMut,
+    /// Response bytes not yet written (a head waiting for its body).
+    out: Vec<u8>,
+    request: Option<RequestHeader>,
+    /// The connection may carry another request after this one.
+    keepalive: bool,
+    body: Body,
+    status: Option<StatusCode>,
+    body_bytes: usize,
+    send_timeout: Duration,
+    ssl: Option<Arc<SslDigest>>,
+    client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
+}
+
+fn write_error(why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::WriteError, why)
+}
+
+impl Http1Server {
+    /// A connection and what was already read of its next request.
+    pub fn new(stream: Stream, pipelined: Option<BytesMut>, send_timeout: Duration) -> Self {
+        let ssl = stream.get_ssl_digest();
+        let client = stream
+            .get_socket_digest()
+            .and_then(|digest| digest.peer_addr().cloned());
+        let mut read = pipelined.unwrap_or_default();
+        read.reserve(READ_BUFFER_BYTES);
+        Http1Server {
+            stream,
+            read,
+            out: Vec::new(),
+            request: None,
+            keepalive: false,
+            body: Body::NotStarted,
+            status: None,
+            body_bytes: 0,
+            send_timeout,
+            ssl,
+            client,
+        }
+    }
+
+    /// The connection and the unparsed bytes of its next request, for pingora's session.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.read)
+    }
+
+    /// Waits for the next request: at most `idle` for its first bytes, then at most `header` for
+    /// the rest of its head.
+    pub async fn read_request(&mut self, idle: Duration, header: Duration) -> Read {
+        self.request = None;
+        self.status = None;
+        self.body = Body::NotStarted;
+        self.body_bytes = 0;
+        self.keepalive = false;
+        if self.read.is_empty() {
+            // An idle connection holds no more than it needs: buffers a large head or response
+            // grew are let go before the wait.
+            if self.out.capacity() > IDLE_BUFFER_BYTES {
+                self.out = Vec::new();
+            }
+            if self.read.capacity() > IDLE_BUFFER_BYTES {
+                self.read = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            }
+            match fast_timeout(idle, self.fill()).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return Read::End,
+            }
+        }
+        match self.parse() {
+            Parsed::Taken => return Read::Request,
+            Parsed::Elsewhere => return Read::Elsewhere,
+            Parsed::Partial => {}
+        }
+        // The head came in pieces: one budget for the rest of it.
+        let rest = async {
+            loop {
+                match self.fill().await {
+                    Ok(read) if read > 0 => {}
+                    _ => return Read::End,
+                }
+                match self.parse() {
+                    Parsed::Taken => return Read::Request,
+                    Parsed::Elsewhere => return Read::Elsewhere,
+                    Parsed::Partial => {}
+                }
+            }
+        };
+        fast_timeout(header, rest).await.unwrap_or(Read::End)
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.read.capacity() - self.read.len() < READ_BUFFER_BYTES / 4 {
+            self.read.reserve(READ_BUFFER_BYTES);
+        }
+        self.stream.read_buf(&mut self.read).await
+    }
+
+    /// Takes a complete head from the read buffer when it is for the edge's path.
+    fn parse(&mut self) -> Parsed {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FAST_FIELDS];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            &self.read,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if self.read.len() < MAX_FAST_HEAD_BYTES => return Parsed::Partial,
+            // Too long, too many fields or malformed: pingora decides.
+            _ => return Parsed::Elsewhere,
+        };
+        let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version) else {
+            return Parsed::Elsewhere;
+        };
+        if !path.starts_with('/') {
+            return Parsed::Elsewhere;
+        }
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return Parsed::Elsewhere;
+        };
+        let Ok(mut header) = RequestHeader::build_no_case(method, path.as_bytes(), Some(request.headers.len())) else {
+            return Parsed::Elsewhere;
+        };
+        let base = self.read.as_ptr() as usize;
+        // Field positions in the buffer, so that the values can share it once frozen.
+        let mut spans = [(0usize, 0usize); MAX_FAST_FIELDS];
+        let mut names: [Option<HeaderName>; MAX_FAST_FIELDS] = [const { None }; MAX_FAST_FIELDS];
+        let mut hosts = 0;
+        for (index, field) in request.headers.iter().enumerate() {
+            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+                return Parsed::Elsewhere;
+            };
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+                || name == header::UPGRADE
+                || name == header::EXPECT
+            {
+                return Parsed::Elsewhere;
+            }
+            if name == header::HOST {
+                // pingora refuses userinfo in Host; so does the edge, through pingora.
+                if field.value.contains(&b'@') {
+                    return Parsed::Elsewhere;
+                }
+                hosts += 1;
+            }
+            let start = field.value.as_ptr() as usize - base;
+            spans[index] = (start, start + field.value.len());
+            names[index] = Some(name);
+        }
+        if hosts != 1 {
+            return Parsed::Elsewhere;
+        }
+        let count = request.headers.len();
+        let head = self.read.split_to(length).freeze();
+        for (name, &(start, end)) in names.iter_mut().zip(&spans).take(count) {
+            let Some(name) = name.take() else { continue };
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+                // A control character in a value: pingora gives the answer (bytes put back).
+                let mut back = BytesMut::with_capacity(head.len() + self.read.len());
+                back.extend_from_slice(&head);
+                back.extend_from_slice(&self.read);
+                self.read = back;
+                return Parsed::Elsewhere;
+            };
+            let _ = header.append_header(name, value);
+        }
+        self.request = Some(header);
+        self.keepalive = true;
+        Parsed::Taken
+    }
+
+    /// The request being served. Only called after [`Read::Request`].
+    pub fn request(&self) -> &RequestHeader {
+        // Invariant: the request loop serves a request only after `read_request` returned
+        // `Read::Request`, which stores it.
+        self.request.as_ref().expect("a request was read")
+    }
+
+    pub fn ssl_digest(&self) -> Option<&Arc<SslDigest>> {
+        self.ssl.as_ref()
+    }
+
+    pub fn client_addr(&self) -> Option<&pingora_core::protocols::l4::socket::SocketAddr> {
+        self.client.as_ref()
+    }
+
+    pub fn set_keepalive(&mut self, keepalive: bool) {
+        self.keepalive &= keepalive;
+    }
+
+    pub fn keepalive(&self) -> bool {
+        self.keepalive
+    }
+
+    /// The final status written, if a response started.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    pub fn body_bytes_sent(&self) -> usize {
+        self.body_bytes
+    }
+
+    /// The connection may serve another request: the response was complete and framed.
+    pub fn reusable(&self) -> bool {
+        self.keepalive && self.body == Body::Done && self.out.is_empty()
+    }
+
+    /// Writes a response head. 1xx heads (not 101) go out at once and another head follows.
+    pub async fn write_response_header(&mut self, response: &ResponseHeader) -> Result<()> {
+        let status = response.status;
+        if self.body != Body::NotStarted {
+            return Err(write_error("a second final response head"));
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The edge's path takes no upgrade requests.
+            return Err(write_error("101 to a request that asked for no upgrade"));
+        }
+        if status.is_informational() {
+            self.serialize_head(response, false);
+            return self.send(&[], &[]).await;
+        }
+        let head_request = self
+            .request
+            .as_ref()
+            .is_some_and(|request| request.method == Method::HEAD);
+        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Body::Done
+        } else if let Some(codings) = response.headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+            if super::upstream_http1::last_coding_is_chunked(codings.as_bytes()) {
+                Body::Chunked
+            } else {
+                Body::UntilClose
+            }
+        } else if let Some(length) = content_length(response) {
+            Body::Length(length)
+        } else {
+            Body::UntilClose
+        };
+        if body == Body::UntilClose {
+            self.keepalive = false;
+        }
+        self.status = Some(status);
+        self.body = if body == Body::Length(0) { Body::Done } else { body };
+        self.serialize_head(response, true);
+        match self.body {
+            // Waits for the first body bytes, to go out with them.
+            Body::Length(_) => Ok(()),
+            _ => self.send(&[], &[]).await,
+        }
+    }
+
+    fn serialize_head(&mut self, response: &ResponseHeader, last: bool) {
+        let out = &mut self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(response.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(response.get_reason_phrase().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &response.headers {
+            if last && (name == header::DATE || name == header::CONNECTION) {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if last {
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
+            out.extend_from_slice(if self.keepalive {
+                b"\r\nconnection: keep-alive\r\n\r\n".as_slice()
+            } else {
+                b"\r\nconnection: close\r\n\r\n".as_slice()
+            });
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Writes body bytes; `end` finishes the body.
+    pub async fn write_response_body(&mut self, data: &[u8], end: bool) -> Result<()> {
+        match self.body {
+            Body::NotStarted => return Err(write_error("a body before its head")),
+            // HEAD, 204, 304: what the upstream sent for them is not the client's.
+            Body::Done => {}
+            Body::Length(_) if data.is_empty() => {}
+            Body::Length(left) => {
+                if data.len() as u64 > left {
+                    self.keepalive = false;
+                    return Err(write_error("a body longer than its Content-Length"));
+                }
+                let left = left - data.len() as u64;
+                self.body = if left == 0 { Body::Done } else { Body::Length(left) };
+                self.body_bytes += data.len();
+                self.send(data, b"").await?;
+            }
+            Body::Chunked => {
+                if !data.is_empty() {
+                    let mut line = [0u8; 18];
+                    let size = chunk_line(data.len(), &mut line);
+                    self.out.extend_from_slice(size);
+                    self.body_bytes += data.len();
+                    // The last chunk goes out with the last data.
+                    let suffix: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+                    if end {
+                        self.body = Body::Done;
+                    }
+                    self.send(data, suffix).await?;
+                }
+            }
+            Body::UntilClose => {
+                self.body_bytes += data.len();
+                self.send(data, b"").await?;
+            }
+        }
+        if end {
+            self.finish_body().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the body: the last chunk, or a check that the length was met.
+    pub async fn finish_body(&mut self) -> Result<()> {
+        match self.body {
+            Body::Chunked => {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+                self.body = Body::Done;
+            }
+            Body::Length(_) => {
+                // Cut short: the client must not take what follows as the rest of it.
+                self.keepalive = false;
+                return Err(write_error("a body shorter than its Content-Length"));
+            }
+            Body::UntilClose => {
+                self.body = Body::Done;
+                self.keepalive = false;
+            }
+            Body::NotStarted | Body::Done => {}
+        }
+        if self.out.is_empty() {
+            Ok(())
+        } else {
+            self.send(&[], &[]).await
+        }
+    }
+
+    /// Writes the pending bytes, `data` and `suffix`, then flushes; within the send timeout.
+    async fn send(&mut self, data: &[u8], suffix: &[u8]) -> Result<()> {
+        let write = async {
+            if data.len() <= COALESCE_BYTES {
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(suffix);
+                self.stream.write_all(&self.out).await?;
+            } else {
+                self.stream.write_all(&self.out).await?;
+                self.stream.write_all(data).await?;
+                self.stream.write_all(suffix).await?;
+            }
+            self.out.clear();
+            self.stream.flush().await
+        };
+        match bounded(self.send_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                self.keepalive = false;
+                Error::e_because(ErrorType::WriteError, "writing the response", error)
+            }
+            Err(_) => {
+                self.keepalive = false;
+                Error::e_explain(
+                    ErrorType::WriteTimedout,
+                    "the client took nothing within the send timeout",
+                )
+            }
+        }
+    }
+
+    /// A bodiless error answer (the client's request could not be served), as pingora's.
+    pub async fn respond_error(&mut self, status: u16) -> Result<()> {
+        let response = pingora_core::protocols::http::error_resp::gen_error_response(status);
+        self.keepalive = false;
+        self.write_response_header(&response).await?;
+        self.finish_body().await
+    }
+
+    /// Closes the connection (a TLS close_notify first), within the send timeout.
+    pub async fn shutdown(&mut self) {
+        let _ = bounded(self.send_timeout, self.stream.shutdown()).await;
+    }
+}
+
+enum Parsed {
+    Taken,
+    Partial,
+    Elsewhere,
+}
+
+/// The `Content-Length` of a response the edge frames: one value (copies must agree).
+fn content_length(response: &ResponseHeader) -> Option<u64> {
+    let mut length = None;
+    for value in response.headers.get_all(header::CONTENT_LENGTH) {
+        let value = std::str::from_utf8(value.as_bytes()).ok()?.trim().parse::<u64>().ok()?;
+        if length.is_some_and(|seen| seen != value) {
+            return None;
+        }
+        length = Some(value);
+    }
+    length
+}
+
+/// `size` in hex and CRLF, written into `buffer`.
+fn chunk_line(size: usize, buffer: &mut [u8; 18]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 16;
+    let mut rest = size;
+    loop {
+        start -= 1;
+        buffer[start] = DIGITS[rest & 0xf];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    buffer[16] = b'\r';
+    buffer[17] = b'\n';
+    &buffer[start..]
+}
+
+#[cfg(test)]
+mod tests;
