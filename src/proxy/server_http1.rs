@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::{Method, StatusCode, Uri};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_error::{Error, ErrorType, Result};
@@ -204,15 +204,14 @@ impl Http1Server {
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Parsed::Elsewhere;
         };
-        let Ok(mut header) = RequestHeader::build_no_case(method, path.as_bytes(), Some(request.headers.len())) else {
-            return Parsed::Elsewhere;
-        };
         let base = self.read.as_ptr() as usize;
-        // Field positions in the buffer, so that the values can share it once frozen.
-        let mut spans = [(0usize, 0usize); MAX_FAST_FIELDS];
-        let mut names: [Option<HeaderName>; MAX_FAST_FIELDS] = [const { None }; MAX_FAST_FIELDS];
+        let path_start = path.as_ptr() as usize - base;
+        let path_end = path_start + path.len();
+        // Names, and where their values are in the buffer, so that the values can share it
+        // once frozen.
+        let mut taken = Vec::with_capacity(request.headers.len());
         let mut hosts = 0;
-        for (index, field) in request.headers.iter().enumerate() {
+        for field in request.headers.iter() {
             let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
                 return Parsed::Elsewhere;
             };
@@ -232,26 +231,37 @@ impl Http1Server {
                 hosts += 1;
             }
             let start = field.value.as_ptr() as usize - base;
-            spans[index] = (start, start + field.value.len());
-            names[index] = Some(name);
+            taken.push((name, start, start + field.value.len()));
         }
         if hosts != 1 {
             return Parsed::Elsewhere;
         }
-        let count = request.headers.len();
         let head = self.read.split_to(length).freeze();
-        for (name, &(start, end)) in names.iter_mut().zip(&spans).take(count) {
-            let Some(name) = name.take() else { continue };
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
-                // A control character in a value: pingora gives the answer (bytes put back).
-                let mut back = BytesMut::with_capacity(head.len() + self.read.len());
-                back.extend_from_slice(&head);
-                back.extend_from_slice(&self.read);
-                self.read = back;
-                return Parsed::Elsewhere;
-            };
-            let _ = header.append_header(name, value);
-        }
+        let parts = Uri::from_maybe_shared(head.slice(path_start..path_end))
+            .ok()
+            .and_then(|uri| {
+                let (mut parts, ()) = http::Request::new(()).into_parts();
+                parts.method = method;
+                parts.uri = uri;
+                parts.version = http::Version::HTTP_11;
+                parts.headers.reserve(taken.len());
+                for (name, start, end) in taken {
+                    // httparse admits exactly the bytes a header value may hold: this does not
+                    // fail for a parsed head.
+                    let value = HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?;
+                    parts.headers.append(name, value);
+                }
+                Some(parts)
+            });
+        let Some(parts) = parts else {
+            // A target the URI type refuses: pingora answers it (every byte put back).
+            let mut back = BytesMut::with_capacity(head.len() + self.read.len());
+            back.extend_from_slice(&head);
+            back.extend_from_slice(&self.read);
+            self.read = back;
+            return Parsed::Elsewhere;
+        };
+        let header = RequestHeader::from(parts);
         self.request = Some(header);
         self.keepalive = true;
         Parsed::Taken
