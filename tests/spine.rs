@@ -470,6 +470,17 @@ fn a_response_cut_short_upstream_is_not_passed_off_as_complete() {
 }
 
 #[test]
+fn an_upstream_dying_after_its_head_is_a_502_not_an_empty_answer() {
+    let Fixture { edge, _directory, .. } = fixture();
+    // HTTP/1.1: a head with a length waits for its body, so nothing of it reached the client
+    // and an error answer still can. (HTTP/2 sends the head at once; the stream is then reset.)
+    let response = edge.curl(&["--http1.1", "https://login.acme.test/head-only"]);
+    assert_eq!(response.status, 502, "{response:?}");
+    assert_eq!(response.json()["error"], "upstream_failed", "{response:?}");
+    assert_eq!(edge.get("https://login.acme.test/after").status, 200);
+}
+
+#[test]
 fn hop_by_hop_fields_of_the_upstream_response_stop_at_the_edge() {
     let Fixture { edge, _directory, .. } = fixture();
     for version in ["--http1.1", "--http2"] {

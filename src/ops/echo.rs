@@ -9,7 +9,8 @@
 //! answers and then closes the connection without announcing it, as an upstream whose idle
 //! timeout fires right after a response does; `/too-large` answers 413 without reading the body;
 //! `/truncated` starts a chunked answer and closes the connection halfway, as an upstream that
-//! crashes mid-response; `/keep-alive/{s}` announces `Keep-Alive: timeout={s}` and from then on
+//! crashes mid-response; `/head-only` sends a head with `Content-Length: 10` and closes before
+//! the body; `/keep-alive/{s}` announces `Keep-Alive: timeout={s}` and from then on
 //! closes the connection after that long idle, as Node.js does; `/hop-by-hop` answers with fields
 //! meant for the edge's hop only; `/bytes/{n}` answers with `n` zero bytes (at most 1 GiB), for
 //! clients that read slowly or not at all; `/chunked` answers `hello, world` in two chunks;
@@ -108,6 +109,13 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         if target == "/truncated" {
             let partial = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\npartia\r\n";
             stream.write_all(partial.as_bytes()).await?;
+            return Ok(());
+        }
+        if target == "/head-only" {
+            // A head with a length, then nothing: the upstream died before its body.
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+                .await?;
             return Ok(());
         }
         if target == "/too-large" {

@@ -72,7 +72,10 @@ impl HttpServerApp for Edge {
             }
             // One HTTP/2 stream: one request.
             mut session => {
-                if self.serve(&mut session, shutdown, stop.as_mut()).await {
+                if self
+                    .serve(&mut session, self.limits.request_header, shutdown, stop.as_mut())
+                    .await
+                {
                     let _ = self.sent(session.finish()).await;
                 }
             }
@@ -109,6 +112,10 @@ impl Edge {
                     }
                 }
                 Read::Elsewhere => {
+                    // The client has begun its request: what is left of the header budget.
+                    let budget = limits
+                        .header
+                        .saturating_sub(connection.head_elapsed().unwrap_or_default());
                     let (stream, read) = connection.into_parts();
                     let mut http1 = HttpSession::new(stream);
                     // Requests are served one after another (RFC 9112 §9.3.2), as on the
@@ -118,7 +125,7 @@ impl Edge {
                         http1.set_pipelined_prefix(read);
                     }
                     let mut session = ServerSession::H1(http1);
-                    if !self.serve(&mut session, shutdown, stop.as_mut()).await {
+                    if !self.serve(&mut session, budget, shutdown, stop.as_mut()).await {
                         return;
                     }
                     // pingora's keep-alive decision (it also drains what is left of the body).
@@ -132,8 +139,15 @@ impl Edge {
         }
     }
 
-    /// Reads and serves one request. Returns whether the connection may carry another.
-    async fn serve<S>(&self, session: &mut ServerSession, shutdown: &ShutdownWatch, stop: Pin<&mut S>) -> bool
+    /// Reads (within `header_budget`) and serves one request. Returns whether the connection
+    /// may carry another.
+    async fn serve<S>(
+        &self,
+        session: &mut ServerSession,
+        header_budget: Duration,
+        shutdown: &ShutdownWatch,
+        stop: Pin<&mut S>,
+    ) -> bool
     where
         S: Future,
     {
@@ -145,7 +159,7 @@ impl Edge {
             biased;
             // pingora bounds each read (by the keep-alive timeout), not the whole header: a
             // client dribbling bytes is cut off here.
-            read = fast_timeout(limits.request_header, session.read_request()) => read,
+            read = fast_timeout(header_budget, session.read_request()) => read,
             _ = stop => return false,
         };
         let Ok(read) = read else {

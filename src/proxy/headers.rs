@@ -277,9 +277,9 @@ pub fn upstream_request(
     })
 }
 
-/// The request's `Content-Length`, when every copy (and every list element) agrees; pingora has
-/// framed the request by it and refused disagreeing values.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// A message's `Content-Length`, when every copy (and every list element) agrees (for requests,
+/// pingora has framed the request by it and refused disagreeing values).
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for element in list_elements(value) {

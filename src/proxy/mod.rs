@@ -436,7 +436,10 @@ impl Edge {
             ) => Rejection::UpstreamUnreachable,
             (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Rejection::UpstreamTimeout,
             (ErrorSource::Upstream, _) => Rejection::UpstreamFailed,
-            (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) => {
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::WriteTimedout | ErrorType::ConnectionClosed,
+            ) => {
                 return;
             }
             (ErrorSource::Downstream, _) => return self.fail_with_status(session, 400).await,

@@ -25,7 +25,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
@@ -92,6 +92,17 @@ pub struct Http1Server {
     body: Body,
     status: Option<StatusCode>,
     body_bytes: usize,
+    /// The final head waits in `out` for the first body bytes: nothing of the response has
+    /// reached the client, so a failure can still be answered with an error response.
+    head_pending: bool,
+    /// A write failed or timed out: nothing more is written, not even a TLS close.
+    broken: bool,
+    closed: bool,
+    /// The read buffer is the one made for this connection, not grown by a long head nor
+    /// handed over by pingora (whose allocation a view's capacity does not show).
+    fresh_buffer: bool,
+    /// When the first bytes of a head that came in pieces arrived.
+    head_started: Option<Instant>,
     send_timeout: Duration,
     ssl: Option<Arc<SslDigest>>,
     client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
@@ -108,6 +119,7 @@ impl Http1Server {
         let client = stream
             .get_socket_digest()
             .and_then(|digest| digest.peer_addr().cloned());
+        let fresh_buffer = pipelined.is_none();
         let mut read = pipelined.unwrap_or_default();
         read.reserve(READ_BUFFER_BYTES);
         Http1Server {
@@ -119,6 +131,11 @@ impl Http1Server {
             body: Body::NotStarted,
             status: None,
             body_bytes: 0,
+            head_pending: false,
+            broken: false,
+            closed: false,
+            fresh_buffer,
+            head_started: None,
             send_timeout,
             ssl,
             client,
@@ -130,6 +147,12 @@ impl Http1Server {
         (self.stream, self.read)
     }
 
+    /// How long ago the first bytes of a head that came in pieces arrived (what of the header
+    /// budget is spent), if it did.
+    pub fn head_elapsed(&self) -> Option<Duration> {
+        self.head_started.map(|started| started.elapsed())
+    }
+
     /// Waits for the next request: at most `idle` for its first bytes, then at most `header` for
     /// the rest of its head.
     pub async fn read_request(&mut self, idle: Duration, header: Duration) -> Read {
@@ -137,19 +160,32 @@ impl Http1Server {
         self.status = None;
         self.body = Body::NotStarted;
         self.body_bytes = 0;
+        self.head_pending = false;
+        self.head_started = None;
         self.keepalive = false;
+        self.skip_blank_lines();
         if self.read.is_empty() {
             // An idle connection holds no more than it needs: buffers a large head or response
             // grew are let go before the wait.
             if self.out.capacity() > IDLE_BUFFER_BYTES {
                 self.out = Vec::new();
             }
-            if self.read.capacity() > IDLE_BUFFER_BYTES {
+            if !self.fresh_buffer {
                 self.read = BytesMut::with_capacity(READ_BUFFER_BYTES);
+                self.fresh_buffer = true;
             }
-            match fast_timeout(idle, self.fill()).await {
-                Ok(Ok(read)) if read > 0 => {}
-                _ => return Read::End,
+            // One idle budget, stray CRLFs included (they do not start a request).
+            let wait = async {
+                while self.read.is_empty() {
+                    match self.fill().await {
+                        Ok(read) if read > 0 => self.skip_blank_lines(),
+                        _ => return false,
+                    }
+                }
+                true
+            };
+            if !matches!(fast_timeout(idle, wait).await, Ok(true)) {
+                return Read::End;
             }
         }
         match self.parse() {
@@ -158,6 +194,7 @@ impl Http1Server {
             Parsed::Partial => {}
         }
         // The head came in pieces: one budget for the rest of it.
+        self.head_started = Some(Instant::now());
         let rest = async {
             loop {
                 match self.fill().await {
@@ -174,8 +211,23 @@ impl Http1Server {
         fast_timeout(header, rest).await.unwrap_or(Read::End)
     }
 
+    /// Empty lines before a request line are ignored (RFC 9112 §2.2): a CRLF sent after a body
+    /// does not count as the start of the next request.
+    fn skip_blank_lines(&mut self) {
+        let blank = self
+            .read
+            .iter()
+            .take_while(|&&byte| byte == b'\r' || byte == b'\n')
+            .count();
+        if blank > 0 {
+            let _ = self.read.split_to(blank);
+        }
+    }
+
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.read.capacity() - self.read.len() < READ_BUFFER_BYTES / 4 {
+            // With bytes in it the buffer may grow (a long head); empty, it is reused in place.
+            self.fresh_buffer &= self.read.is_empty();
             self.read.reserve(READ_BUFFER_BYTES);
         }
         self.stream.read_buf(&mut self.read).await
@@ -211,17 +263,28 @@ impl Http1Server {
         // once frozen.
         let mut taken = Vec::with_capacity(request.headers.len());
         let mut hosts = 0;
+        let mut close = false;
         for field in request.headers.iter() {
             let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
                 return Parsed::Elsewhere;
             };
             if name == header::CONTENT_LENGTH
                 || name == header::TRANSFER_ENCODING
-                || name == header::CONNECTION
                 || name == header::UPGRADE
                 || name == header::EXPECT
             {
                 return Parsed::Elsewhere;
+            }
+            if name == header::CONNECTION {
+                // `keep-alive` and `close` only (what browsers send); a field it nominates or
+                // an upgrade goes to pingora.
+                for option in field.value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !option.is_empty() && !option.eq_ignore_ascii_case(b"keep-alive") {
+                        return Parsed::Elsewhere;
+                    }
+                }
             }
             if name == header::HOST {
                 // pingora refuses userinfo in Host; so does the edge, through pingora.
@@ -263,7 +326,7 @@ impl Http1Server {
         };
         let header = RequestHeader::from(parts);
         self.request = Some(header);
-        self.keepalive = true;
+        self.keepalive = !close;
         Parsed::Taken
     }
 
@@ -290,9 +353,10 @@ impl Http1Server {
         self.keepalive
     }
 
-    /// The final status written, if a response started.
+    /// The final status written, if a response reached the client (a head still waiting for
+    /// its body has not).
     pub fn status(&self) -> Option<StatusCode> {
-        self.status
+        if self.head_pending { None } else { self.status }
     }
 
     pub fn body_bytes_sent(&self) -> usize {
@@ -307,6 +371,17 @@ impl Http1Server {
     /// Writes a response head. 1xx heads (not 101) go out at once and another head follows.
     pub async fn write_response_header(&mut self, response: &ResponseHeader) -> Result<()> {
         let status = response.status;
+        if self.broken {
+            return Err(write_error("the connection failed"));
+        }
+        if self.head_pending {
+            // The response failed before anything of it went out: this head (an error answer)
+            // replaces it.
+            self.out.clear();
+            self.head_pending = false;
+            self.body = Body::NotStarted;
+            self.status = None;
+        }
         if self.body != Body::NotStarted {
             return Err(write_error("a second final response head"));
         }
@@ -330,7 +405,7 @@ impl Http1Server {
             } else {
                 Body::UntilClose
             }
-        } else if let Some(length) = content_length(response) {
+        } else if let Some(length) = super::headers::content_length(&response.headers) {
             Body::Length(length)
         } else {
             Body::UntilClose
@@ -343,7 +418,10 @@ impl Http1Server {
         self.serialize_head(response, true);
         match self.body {
             // Waits for the first body bytes, to go out with them.
-            Body::Length(_) => Ok(()),
+            Body::Length(_) => {
+                self.head_pending = true;
+                Ok(())
+            }
             _ => self.send(&[], &[]).await,
         }
     }
@@ -446,6 +524,10 @@ impl Http1Server {
 
     /// Writes the pending bytes, `data` and `suffix`, then flushes; within the send timeout.
     async fn send(&mut self, data: &[u8], suffix: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(write_error("the connection failed"));
+        }
+        self.head_pending = false;
         let write = async {
             if data.len() <= COALESCE_BYTES {
                 self.out.extend_from_slice(data);
@@ -462,17 +544,24 @@ impl Http1Server {
         match bounded(self.send_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
-                self.keepalive = false;
+                self.fail_writes();
                 Error::e_because(ErrorType::WriteError, "writing the response", error)
             }
             Err(_) => {
-                self.keepalive = false;
+                self.fail_writes();
                 Error::e_explain(
                     ErrorType::WriteTimedout,
                     "the client took nothing within the send timeout",
                 )
             }
         }
+    }
+
+    /// After a failed write part of `out` may be on the wire: nothing more goes out.
+    fn fail_writes(&mut self) {
+        self.keepalive = false;
+        self.broken = true;
+        self.out.clear();
     }
 
     /// A bodiless error answer (the client's request could not be served), as pingora's.
@@ -484,7 +573,11 @@ impl Http1Server {
     }
 
     /// Closes the connection (a TLS close_notify first), within the send timeout.
+    /// Once: a connection whose writes failed is dropped without one.
     pub async fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.closed, true) || self.broken {
+            return;
+        }
         let _ = bounded(self.send_timeout, self.stream.shutdown()).await;
     }
 }
@@ -493,19 +586,6 @@ enum Parsed {
     Taken,
     Partial,
     Elsewhere,
-}
-
-/// The `Content-Length` of a response the edge frames: one value (copies must agree).
-fn content_length(response: &ResponseHeader) -> Option<u64> {
-    let mut length = None;
-    for value in response.headers.get_all(header::CONTENT_LENGTH) {
-        let value = std::str::from_utf8(value.as_bytes()).ok()?.trim().parse::<u64>().ok()?;
-        if length.is_some_and(|seen| seen != value) {
-            return None;
-        }
-        length = Some(value);
-    }
-    length
 }
 
 /// `size` in hex and CRLF, written into `buffer`.

@@ -62,7 +62,8 @@ async fn what_changes_framing_or_the_connection_goes_to_pingora_with_every_byte(
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, te\r\nTE: trailers\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
         b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
@@ -317,17 +318,88 @@ fn chunk_lines() {
     assert_eq!(chunk_line(usize::MAX, &mut buffer), b"ffffffffffffffff\r\n");
 }
 
-#[test]
-fn content_lengths_must_agree() {
-    assert_eq!(content_length(&response(200, &[("content-length", "5")])), Some(5));
-    assert_eq!(
-        content_length(&response(200, &[("content-length", "5"), ("content-length", "5")])),
-        Some(5)
+#[tokio::test]
+async fn connection_keep_alive_and_close_are_taken() {
+    let (taken, server, _client) = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n").await;
+    assert!(matches!(taken, Read::Request));
+    assert!(server.keepalive());
+    let (taken, mut server, mut client) = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(matches!(taken, Read::Request));
+    assert!(!server.keepalive());
+    server
+        .write_response_header(&response(200, &[("content-length", "2")]))
+        .await
+        .unwrap();
+    server.write_response_body(b"ok", true).await.unwrap();
+    assert!(!server.reusable());
+    server.shutdown().await;
+    assert!(until_close(&mut client).await.contains("connection: close\r\n"));
+}
+
+#[tokio::test]
+async fn blank_lines_before_a_request_are_skipped_and_do_not_shorten_the_idle_wait() {
+    let (taken, server, _client) = read(b"\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(matches!(taken, Read::Request));
+    assert_eq!(server.request().uri.path(), "/x");
+
+    let (mut server, mut client) = pair().await;
+    client.write_all(b"\r\n").await.unwrap();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        client
+    });
+    // The header budget (100 ms) is not spent waiting after a stray CRLF: the idle wait is.
+    assert!(matches!(
+        server.read_request(TIMEOUT, Duration::from_millis(100)).await,
+        Read::Request
+    ));
+    assert_eq!(server.request().uri.path(), "/y");
+    let _client = writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_head_waiting_for_its_body_gives_way_to_an_error_answer() {
+    let (_, mut server, mut client) = read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    server
+        .write_response_header(&response(200, &[("content-length", "10")]))
+        .await
+        .unwrap();
+    assert_eq!(server.status(), None, "nothing reached the client yet");
+    // The upstream died: the request loop answers instead.
+    server.set_keepalive(false);
+    server.respond_error(502).await.unwrap();
+    assert_eq!(server.status(), Some(StatusCode::BAD_GATEWAY));
+    server.shutdown().await;
+    let text = until_close(&mut client).await;
+    assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+    assert!(!text.contains("200 OK"), "{text}");
+}
+
+#[tokio::test]
+async fn after_a_write_times_out_nothing_more_is_written() {
+    let (mut server, mut client) = pair().await;
+    server.send_timeout = Duration::from_millis(100);
+    client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(matches!(server.read_request(TIMEOUT, TIMEOUT).await, Read::Request));
+    let size = 64 * 1024 * 1024;
+    server
+        .write_response_header(&response(200, &[("content-length", &size.to_string())]))
+        .await
+        .unwrap();
+    // The client reads nothing: the socket buffers fill and the write times out.
+    let started = std::time::Instant::now();
+    let error = server.write_response_body(&vec![0u8; size], true).await.unwrap_err();
+    assert_eq!(error.etype(), &ErrorType::WriteTimedout);
+    assert!(!server.reusable());
+    assert!(
+        server.respond_error(500).await.is_err(),
+        "no second answer after a partial one"
     );
-    assert_eq!(
-        content_length(&response(200, &[("content-length", "5"), ("content-length", "6")])),
-        None
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no further waits: {:?}",
+        started.elapsed()
     );
-    assert_eq!(content_length(&response(200, &[("content-length", "-1")])), None);
-    assert_eq!(content_length(&response(200, &[])), None);
 }
