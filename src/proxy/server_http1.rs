@@ -475,7 +475,7 @@ impl Http1Server {
             Body::Chunked => {
                 if !data.is_empty() {
                     let mut line = [0u8; 18];
-                    let size = chunk_line(data.len(), &mut line);
+                    let size = super::upstream_http1::chunk_size_line(data.len(), &mut line);
                     self.out.extend_from_slice(size);
                     self.body_bytes += data.len();
                     // The last chunk goes out with the last data.
@@ -586,24 +586,6 @@ enum Parsed {
     Taken,
     Partial,
     Elsewhere,
-}
-
-/// `size` in hex and CRLF, written into `buffer`.
-fn chunk_line(size: usize, buffer: &mut [u8; 18]) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut start = 16;
-    let mut rest = size;
-    loop {
-        start -= 1;
-        buffer[start] = DIGITS[rest & 0xf];
-        rest >>= 4;
-        if rest == 0 {
-            break;
-        }
-    }
-    buffer[16] = b'\r';
-    buffer[17] = b'\n';
-    &buffer[start..]
 }
 
 #[cfg(test)]

@@ -568,7 +568,7 @@ fn parse_decimal(text: &[u8]) -> Option<u64> {
 }
 
 /// `{size:x}\r\n` written into `buffer`.
-fn chunk_size_line(size: usize, buffer: &mut [u8; 18]) -> &[u8] {
+pub(super) fn chunk_size_line(size: usize, buffer: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
     for (index, slot) in buffer[..digits].iter_mut().enumerate() {

@@ -309,15 +309,6 @@ async fn error_answers_close_the_connection() {
     assert!(text.contains("content-length: 0\r\n"));
 }
 
-#[test]
-fn chunk_lines() {
-    let mut buffer = [0u8; 18];
-    assert_eq!(chunk_line(0, &mut buffer), b"0\r\n");
-    assert_eq!(chunk_line(255, &mut buffer), b"ff\r\n");
-    assert_eq!(chunk_line(0x1234abcd, &mut buffer), b"1234abcd\r\n");
-    assert_eq!(chunk_line(usize::MAX, &mut buffer), b"ffffffffffffffff\r\n");
-}
-
 #[tokio::test]
 async fn connection_keep_alive_and_close_are_taken() {
     let (taken, server, _client) = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n").await;
