@@ -295,7 +295,12 @@ pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed; empty ones kept.
 fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value.as_bytes().split(|&byte| byte == b',').map(<[u8]>::trim_ascii)
+    list_items(value.as_bytes())
+}
+
+/// [`list_elements`] of a value not (yet) held as a `HeaderValue`.
+pub(super) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Fields of an upstream response meant for the edge's hop only (RFC 9110 §7.6.1). Framing

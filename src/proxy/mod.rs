@@ -19,7 +19,8 @@
 //! The edge is its own HTTP application on pingora-core (`forward`): one task per connection or
 //! HTTP/2 stream runs read → admit → forward → log for each of its requests, with upstream
 //! connections from a per-thread pool (`pool`) spoken to by the edge's own HTTP/1.1 client
-//! (`upstream_http1`). The request path takes no lock: the snapshot is
+//! (`upstream_http1`). Bodiless HTTP/1.1 requests are read and answered by the edge's own server
+//! side (`server_http1`), the rest by pingora's sessions (`downstream` covers both). The request path takes no lock: the snapshot is
 //! an `ArcSwap` load, metrics are atomics, the pool is thread-local.
 
 mod downstream;

@@ -2,8 +2,9 @@
 //!
 //! Contract: [`Http1Server`] owns a client connection between requests. It reads a request head
 //! and takes it only when it is plainly a bodiless HTTP/1.1 request in origin form, with exactly
-//! one `Host` and none of `Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade` or
-//! `Expect` (the fields that change framing or the connection's fate). Everything else, a parse
+//! one `Host`, none of `Content-Length`, `Transfer-Encoding`, `Upgrade` or `Expect` (the fields
+//! that change framing or the connection's fate) and `Connection` naming at most `keep-alive` and
+//! `close`. Everything else, a parse
 //! error included, is handed to pingora-core's HTTP/1 session together with the bytes read so far
 //! ([`Read::Elsewhere`]): request smuggling defences, bodies, `Expect`, upgrades, HTTP/1.0 and
 //! the error answers to malformed requests stay in one place, pingora's, and the edge's path is
@@ -188,10 +189,8 @@ impl Http1Server {
                 return Read::End;
             }
         }
-        match self.parse() {
-            Parsed::Taken => return Read::Request,
-            Parsed::Elsewhere => return Read::Elsewhere,
-            Parsed::Partial => {}
+        if let Some(read) = self.parse() {
+            return read;
         }
         // The head came in pieces: one budget for the rest of it.
         self.head_started = Some(Instant::now());
@@ -201,10 +200,8 @@ impl Http1Server {
                     Ok(read) if read > 0 => {}
                     _ => return Read::End,
                 }
-                match self.parse() {
-                    Parsed::Taken => return Read::Request,
-                    Parsed::Elsewhere => return Read::Elsewhere,
-                    Parsed::Partial => {}
+                if let Some(read) = self.parse() {
+                    return read;
                 }
             }
         };
@@ -233,8 +230,10 @@ impl Http1Server {
         self.stream.read_buf(&mut self.read).await
     }
 
-    /// Takes a complete head from the read buffer when it is for the edge's path.
-    fn parse(&mut self) -> Parsed {
+    /// Takes a complete head from the read buffer when it is for the edge's path
+    /// ([`Read::Request`]), or gives it to pingora ([`Read::Elsewhere`]); `None` while it is
+    /// incomplete.
+    fn parse(&mut self) -> Option<Read> {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FAST_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -243,18 +242,18 @@ impl Http1Server {
             &mut fields,
         ) {
             Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) if self.read.len() < MAX_FAST_HEAD_BYTES => return Parsed::Partial,
+            Ok(httparse::Status::Partial) if self.read.len() < MAX_FAST_HEAD_BYTES => return None,
             // Too long, too many fields or malformed: pingora decides.
-            _ => return Parsed::Elsewhere,
+            _ => return Some(Read::Elsewhere),
         };
         let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version) else {
-            return Parsed::Elsewhere;
+            return Some(Read::Elsewhere);
         };
         if !path.starts_with('/') {
-            return Parsed::Elsewhere;
+            return Some(Read::Elsewhere);
         }
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-            return Parsed::Elsewhere;
+            return Some(Read::Elsewhere);
         };
         let base = self.read.as_ptr() as usize;
         let path_start = path.as_ptr() as usize - base;
@@ -266,30 +265,30 @@ impl Http1Server {
         let mut close = false;
         for field in request.headers.iter() {
             let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-                return Parsed::Elsewhere;
+                return Some(Read::Elsewhere);
             };
             if name == header::CONTENT_LENGTH
                 || name == header::TRANSFER_ENCODING
                 || name == header::UPGRADE
                 || name == header::EXPECT
             {
-                return Parsed::Elsewhere;
+                return Some(Read::Elsewhere);
             }
             if name == header::CONNECTION {
                 // `keep-alive` and `close` only (what browsers send); a field it nominates or
                 // an upgrade goes to pingora.
-                for option in field.value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+                for option in super::headers::list_items(field.value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !option.is_empty() && !option.eq_ignore_ascii_case(b"keep-alive") {
-                        return Parsed::Elsewhere;
+                        return Some(Read::Elsewhere);
                     }
                 }
             }
             if name == header::HOST {
                 // pingora refuses userinfo in Host; so does the edge, through pingora.
                 if field.value.contains(&b'@') {
-                    return Parsed::Elsewhere;
+                    return Some(Read::Elsewhere);
                 }
                 hosts += 1;
             }
@@ -297,7 +296,7 @@ impl Http1Server {
             taken.push((name, start, start + field.value.len()));
         }
         if hosts != 1 {
-            return Parsed::Elsewhere;
+            return Some(Read::Elsewhere);
         }
         let head = self.read.split_to(length).freeze();
         let parts = Uri::from_maybe_shared(head.slice(path_start..path_end))
@@ -322,12 +321,11 @@ impl Http1Server {
             back.extend_from_slice(&head);
             back.extend_from_slice(&self.read);
             self.read = back;
-            return Parsed::Elsewhere;
+            return Some(Read::Elsewhere);
         };
-        let header = RequestHeader::from(parts);
-        self.request = Some(header);
+        self.request = Some(RequestHeader::from(parts));
         self.keepalive = !close;
-        Parsed::Taken
+        Some(Read::Request)
     }
 
     /// The request being served. Only called after [`Read::Request`].
@@ -580,12 +578,6 @@ impl Http1Server {
         }
         let _ = bounded(self.send_timeout, self.stream.shutdown()).await;
     }
-}
-
-enum Parsed {
-    Taken,
-    Partial,
-    Elsewhere,
 }
 
 #[cfg(test)]

@@ -525,9 +525,7 @@ fn line_end(buffer: &[u8], limit: usize) -> Result<Option<usize>> {
 /// Whether the last coding a `Transfer-Encoding` value lists is `chunked` (empty list elements
 /// do not count, RFC 9110 §5.6.1).
 pub fn last_coding_is_chunked(codings: &[u8]) -> bool {
-    codings
-        .split(|&byte| byte == b',')
-        .map(<[u8]>::trim_ascii)
+    super::headers::list_items(codings)
         .rfind(|coding| !coding.is_empty())
         .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
 }
