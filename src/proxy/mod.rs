@@ -23,6 +23,7 @@
 //! side (`server_http1`), the rest by pingora's sessions (`downstream` covers both). The request path takes no lock: the snapshot is
 //! an `ArcSwap` load, metrics are atomics, the pool is thread-local.
 
+mod deadline;
 mod downstream;
 mod forward;
 pub mod headers;
@@ -473,8 +474,11 @@ impl Edge {
         if std::mem::take(&mut context.counted) {
             self.shared.request_finished();
         }
-        let elapsed = context.started.elapsed();
-        let upstream_elapsed = context.upstream_started.map(|started| started.elapsed());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(context.started);
+        let upstream_elapsed = context
+            .upstream_started
+            .map(|started| now.saturating_duration_since(started));
         let status = session.response_status().unwrap_or(0);
         let runtime = context.runtime.as_ref();
         let application = runtime.zip(context.route).map(|(runtime, route)| {

@@ -35,10 +35,10 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::bounded;
+use super::deadline::Deadline;
 
 /// Largest request head taken on the edge's path; a longer one goes to pingora (whose limit
 /// applies). Tokens and cookies fit with room.
@@ -104,6 +104,8 @@ pub struct Http1Server {
     fresh_buffer: bool,
     /// When the first bytes of a head that came in pieces arrived.
     head_started: Option<Instant>,
+    /// Bounds the waits for requests: one timer for the connection's life.
+    deadline: Deadline,
     send_timeout: Duration,
     ssl: Option<Arc<SslDigest>>,
     client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
@@ -137,6 +139,7 @@ impl Http1Server {
             closed: false,
             fresh_buffer,
             head_started: None,
+            deadline: Deadline::default(),
             send_timeout,
             ssl,
             client,
@@ -157,6 +160,15 @@ impl Http1Server {
     /// Waits for the next request: at most `idle` for its first bytes, then at most `header` for
     /// the rest of its head.
     pub async fn read_request(&mut self, idle: Duration, header: Duration) -> Read {
+        // The timer is lent to the waits, which borrow the rest of the connection (a cancelled
+        // read drops it; the next wait makes another).
+        let mut deadline = std::mem::take(&mut self.deadline);
+        let read = self.next_request(&mut deadline, idle, header).await;
+        self.deadline = deadline;
+        read
+    }
+
+    async fn next_request(&mut self, deadline: &mut Deadline, idle: Duration, header: Duration) -> Read {
         self.request = None;
         self.status = None;
         self.body = Body::NotStarted;
@@ -185,7 +197,7 @@ impl Http1Server {
                 }
                 true
             };
-            if !matches!(fast_timeout(idle, wait).await, Ok(true)) {
+            if !matches!(deadline.bound(idle, wait).await, Ok(true)) {
                 return Read::End;
             }
         }
@@ -205,7 +217,7 @@ impl Http1Server {
                 }
             }
         };
-        fast_timeout(header, rest).await.unwrap_or(Read::End)
+        deadline.bound(header, rest).await.unwrap_or(Read::End)
     }
 
     /// Empty lines before a request line are ignored (RFC 9112 §2.2): a CRLF sent after a body

@@ -36,9 +36,9 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use pingora_timeout::fast_timeout::fast_timeout;
 
 use super::bounded;
+use super::deadline::Deadline;
 use super::headers::{RequestBody, UpstreamRequest};
 
 /// Largest response head (status line and fields) accepted from an upstream: eight times
@@ -105,6 +105,8 @@ pub struct Http1Connection {
     reading: Reading,
     writing: Writing,
     read_timeout: Option<Duration>,
+    /// Bounds the reads: one timer for the connection's life.
+    deadline: Deadline,
     write_timeout: Option<Duration>,
     head_method: bool,
     upgrade_requested: bool,
@@ -128,6 +130,7 @@ impl Http1Connection {
             reading: Reading::Head,
             writing: Writing::Done,
             read_timeout,
+            deadline: Deadline::default(),
             write_timeout,
             head_method: false,
             upgrade_requested: false,
@@ -217,7 +220,9 @@ impl Http1Connection {
         }
         let read = self.stream.read_buf(&mut self.buffer);
         let result = match self.read_timeout {
-            Some(limit) => fast_timeout(limit, read)
+            Some(limit) => self
+                .deadline
+                .bound(limit, read)
                 .await
                 .map_err(|_| Error::explain(ErrorType::ReadTimedout, "reading from the upstream"))?,
             None => read.await,
