@@ -70,14 +70,18 @@ impl HttpServerApp for Edge {
                 let connection = Http1Server::new(http1.into_inner(), None, self.limits.send);
                 self.serve_http1(connection, shutdown, stop.as_mut()).await;
             }
-            // One HTTP/2 stream: one request.
+            // One HTTP/2 stream: one request. Boxed, so that an HTTP/1.1 connection's future
+            // does not reserve room for it.
             mut session => {
-                if self
-                    .serve(&mut session, self.limits.request_header, shutdown, stop.as_mut())
-                    .await
-                {
-                    let _ = self.sent(session.finish()).await;
-                }
+                let stream = async {
+                    if self
+                        .serve(&mut session, self.limits.request_header, shutdown, stop.as_mut())
+                        .await
+                    {
+                        let _ = self.sent(session.finish()).await;
+                    }
+                };
+                Box::pin(stream).await;
             }
         }
         None
@@ -112,31 +116,51 @@ impl Edge {
                     }
                 }
                 Read::Elsewhere => {
-                    // The client has begun its request: what is left of the header budget.
-                    let budget = limits
-                        .header
-                        .saturating_sub(connection.head_elapsed().unwrap_or_default());
-                    let (stream, read) = connection.into_parts();
-                    let mut http1 = HttpSession::new(stream);
-                    // Requests are served one after another (RFC 9112 §9.3.2), as on the
-                    // edge's own path: pipelined bytes after this request come back to it.
-                    http1.set_pipelining_enabled(true);
-                    if !read.is_empty() {
-                        http1.set_pipelined_prefix(read);
+                    // Boxed: the pingora session and its futures are allocated only while one
+                    // is in use, not reserved in every connection's future (12 KiB of it).
+                    match Box::pin(self.serve_elsewhere(connection, shutdown, stop.as_mut())).await {
+                        Some(next) => connection = next,
+                        None => return,
                     }
-                    let mut session = ServerSession::H1(http1);
-                    if !self.serve(&mut session, budget, shutdown, stop.as_mut()).await {
-                        return;
-                    }
-                    // pingora's keep-alive decision (it also drains what is left of the body).
-                    let Ok(Some(reusable)) = self.sent(session.finish()).await else {
-                        return;
-                    };
-                    let (stream, pipelined) = reusable.into_parts();
-                    connection = Http1Server::new(stream, pipelined, limits.send);
                 }
             }
         }
+    }
+
+    /// Serves the request `connection` began on a pingora HTTP/1 session, with every byte read so
+    /// far; the connection back if it may carry another request.
+    async fn serve_elsewhere<S>(
+        &self,
+        connection: Http1Server,
+        shutdown: &ShutdownWatch,
+        stop: Pin<&mut S>,
+    ) -> Option<Http1Server>
+    where
+        S: Future,
+    {
+        let limits = self.limits;
+        // The client has begun its request: what is left of the header budget.
+        let budget = limits
+            .header
+            .saturating_sub(connection.head_elapsed().unwrap_or_default());
+        let (stream, read) = connection.into_parts();
+        let mut http1 = HttpSession::new(stream);
+        // Requests are served one after another (RFC 9112 §9.3.2), as on the edge's own path:
+        // pipelined bytes after this request come back to it.
+        http1.set_pipelining_enabled(true);
+        if !read.is_empty() {
+            http1.set_pipelined_prefix(read);
+        }
+        let mut session = ServerSession::H1(http1);
+        if !self.serve(&mut session, budget, shutdown, stop).await {
+            return None;
+        }
+        // pingora's keep-alive decision (it also drains what is left of the body).
+        let Ok(Some(reusable)) = self.sent(session.finish()).await else {
+            return None;
+        };
+        let (stream, pipelined) = reusable.into_parts();
+        Some(Http1Server::new(stream, pipelined, limits.send))
     }
 
     /// Reads (within `header_budget`) and serves one request. Returns whether the connection

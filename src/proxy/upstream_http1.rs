@@ -483,14 +483,14 @@ impl Http1Connection {
     }
 
     /// The stream, when the exchange ended cleanly and the upstream keeps the connection open:
-    /// see the module contract.
-    pub fn into_reusable(mut self) -> std::result::Result<Stream, Self> {
+    /// see the module contract. Otherwise the connection, boxed (the rare case pays for it).
+    pub fn into_reusable(mut self) -> std::result::Result<Stream, Box<Self>> {
         let reusable = self.keepalive
             && self.reading == Reading::Done
             && self.writing == Writing::Done
             && self.buffer.is_empty()
             && !self.tls_holds_more();
-        if reusable { Ok(self.stream) } else { Err(self) }
+        if reusable { Ok(self.stream) } else { Err(Box::new(self)) }
     }
 
     /// Over TLS, bytes beyond the response may sit decrypted (or in a partial record) inside the
