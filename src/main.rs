@@ -193,7 +193,9 @@ fn reserve(address: SocketAddr) -> anyhow::Result<SocketAddr> {
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
         // pingora logs each refused handshake at error level; the gate counts and logs those itself.
-        format!("{filter},pingora_core::services::listening=off,pingora_core::protocols::tls=warn")
+        // rustls warns about what a client sent (an IP address as SNI, say) on every connection,
+        // which would let any client fill the log.
+        format!("{filter},pingora_core::services::listening=off,pingora_core::protocols::tls=warn,rustls=error")
     });
     let _ = tracing_log::LogTracer::init();
     let _ = tracing_subscriber::fmt()

@@ -803,6 +803,20 @@ fn clients_without_sni_get_the_default_name_when_one_is_configured() {
     assert_eq!(response.received("x-tenant-id"), ["tnt_acme"]);
     // The default certificate still has to cover the Host.
     assert_eq!(by_ip("globex.auth.portal.test").status, 421);
+    // An IP literal sent as SNI (wrk and some load balancers do) is handled the same way, and a
+    // client cannot fill the log with it: rustls's warning about it is not logged per connection.
+    let handshake = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", edge.https.port())])
+        .args(["-servername", "127.0.0.1", "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let output = String::from_utf8_lossy(&handshake.stdout);
+    assert!(
+        output.contains("Verify return code") && output.contains("CN"),
+        "{output}"
+    );
+    assert!(!edge.stderr().contains("Illegal SNI"), "{}", edge.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,14 +287,18 @@ pub struct TlsSettings {
     /// Name assumed when a client sends no SNI (or an IP literal); none = such clients get
     /// `unrecognized_name`.
     pub default_server_name: Option<Box<str>>,
-    /// Socket read buffer per TLS connection. Default: [`DEFAULT_TLS_READ_BUFFER`].
+    /// Socket read buffer per TLS connection, 0 for none. Default: [`DEFAULT_TLS_READ_BUFFER`].
     pub read_buffer_bytes: usize,
 }
 
-/// 4 KiB: rustls buffers whole records itself and larger reads bypass this buffer; every byte
-/// here is held by every idle connection (64 KiB, pingora's default, cost 1.1 GiB per 10k idle
-/// connections; see benches/README.md).
-pub const DEFAULT_TLS_READ_BUFFER: usize = 4096;
+/// None: rustls reads whole records into its own buffer, in reads of 4 KiB that went past a
+/// buffer of that size anyway, so a socket read buffer only held memory on every connection
+/// (pingora's 64 KiB default cost 1.1 GiB per 10k idle connections, 4 KiB 40 MiB; see
+/// benches/README.md).
+pub const DEFAULT_TLS_READ_BUFFER: usize = 0;
+
+/// Largest `tls.read_buffer_bytes` accepted.
+pub const MAX_TLS_READ_BUFFER: usize = 1 << 20;
 
 pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -319,8 +319,8 @@ impl Context<'_> {
                 .ok()
         });
         let read_buffer_bytes = section.read_buffer_bytes.unwrap_or(DEFAULT_TLS_READ_BUFFER);
-        if !(1024..=1 << 20).contains(&read_buffer_bytes) {
-            problems.add("tls.read_buffer_bytes", "must be between 1024 and 1048576");
+        if read_buffer_bytes > MAX_TLS_READ_BUFFER {
+            problems.add("tls.read_buffer_bytes", "must be at most 1048576 (0: no buffer)");
         }
         TlsSettings {
             certificates,
@@ -1194,6 +1194,21 @@ mod tests {
             "{}\n[acme]\ndirectory_url = \"https://127.0.0.1:14000/dir\"\n{extra}\n",
             crate::config::tests_support::MINIMAL
         )
+    }
+
+    #[test]
+    fn the_tls_read_buffer_is_none_by_default_and_bounded() {
+        let minimal = crate::config::tests_support::MINIMAL;
+        let snapshot = crate::config::parse(minimal, &crate::config::Source::Embedded).unwrap();
+        assert_eq!(snapshot.tls.read_buffer_bytes, 0);
+        let sized = format!("{minimal}\n[tls]\nread_buffer_bytes = 16384\n");
+        let snapshot = crate::config::parse(&sized, &crate::config::Source::Embedded).unwrap();
+        assert_eq!(snapshot.tls.read_buffer_bytes, 16384);
+        let huge = format!("{minimal}\n[tls]\nread_buffer_bytes = 2000000\n");
+        let error = crate::config::parse(&huge, &crate::config::Source::Embedded)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls.read_buffer_bytes"), "{error}");
     }
 
     #[test]

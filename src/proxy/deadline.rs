@@ -91,10 +91,15 @@ mod tests {
         // Polled once so the timer is armed 60 s out, then given up.
         assert!(futures_poll_once(long).await.is_none());
         let started = Instant::now();
-        let short = deadline.bound(Duration::from_millis(30), std::future::pending::<()>()).await;
+        let short = deadline
+            .bound(Duration::from_millis(30), std::future::pending::<()>())
+            .await;
         assert!(short.is_err());
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(30) && waited < Duration::from_secs(5), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(30) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test]
@@ -105,15 +110,24 @@ mod tests {
         // The armed timer fires 20 ms from the start; this wait must last its own 80 ms.
         tokio::time::sleep(Duration::from_millis(10)).await;
         let started = Instant::now();
-        let second = deadline.bound(Duration::from_millis(80), std::future::pending::<()>()).await;
+        let second = deadline
+            .bound(Duration::from_millis(80), std::future::pending::<()>())
+            .await;
         assert!(second.is_err());
-        assert!(started.elapsed() >= Duration::from_millis(80), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn a_ready_future_wins_and_a_later_one_is_not_cut_short() {
         let mut deadline = Deadline::default();
-        assert!(matches!(deadline.bound(Duration::from_millis(1), async { 7 }).await, Ok(7)));
+        assert!(matches!(
+            deadline.bound(Duration::from_millis(1), async { 7 }).await,
+            Ok(7)
+        ));
         let late = deadline.bound(Duration::from_secs(5), async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             8
@@ -124,10 +138,12 @@ mod tests {
     /// Polls `future` once: its output, or `None` if it waits.
     async fn futures_poll_once<F: Future>(future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
-        std::future::poll_fn(|context| Poll::Ready(match future.as_mut().poll(context) {
-            Poll::Ready(output) => Some(output),
-            Poll::Pending => None,
-        }))
+        std::future::poll_fn(|context| {
+            Poll::Ready(match future.as_mut().poll(context) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => None,
+            })
+        })
         .await
     }
 }

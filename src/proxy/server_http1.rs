@@ -47,11 +47,19 @@ pub const MAX_FAST_HEAD_BYTES: usize = 16 * 1024;
 /// Most fields a request head may carry on the edge's path; more go to pingora.
 pub const MAX_FAST_FIELDS: usize = 64;
 
-/// The read buffer a connection keeps between requests (pingora allocated as much per request).
+/// The read buffer made when a request begins (pingora allocated as much per request).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Buffers larger than this are let go while a connection waits for its next request.
-const IDLE_BUFFER_BYTES: usize = 8 * 1024;
+/// What the wait for the next request reads, into the wait itself: an idle connection holds no
+/// buffer (nginx lets its buffers go the same way); the read buffer is made when bytes arrive.
+const FIRST_READ_BYTES: usize = 16;
+
+/// Room made for a response head when the first one is written.
+const HEAD_BUFFER_BYTES: usize = 1024;
+
+/// A response buffer larger than this is let go while a connection waits for its next request;
+/// a smaller one is kept (making it per request costs more than it holds).
+const IDLE_BUFFER_BYTES: usize = 2 * 1024;
 
 /// A body write of at most this many bytes is copied behind the pending head or chunk line and
 /// sent in the same write; a larger one is written on its own.
@@ -99,9 +107,6 @@ pub struct Http1Server {
     /// A write failed or timed out: nothing more is written, not even a TLS close.
     broken: bool,
     closed: bool,
-    /// The read buffer is the one made for this connection, not grown by a long head nor
-    /// handed over by pingora (whose allocation a view's capacity does not show).
-    fresh_buffer: bool,
     /// When the first bytes of a head that came in pieces arrived.
     head_started: Option<Instant>,
     /// Bounds the waits for requests: one timer for the connection's life.
@@ -109,6 +114,11 @@ pub struct Http1Server {
     send_timeout: Duration,
     ssl: Option<Arc<SslDigest>>,
     client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
+}
+
+/// Empty lines before a request line are ignored (RFC 9112 §2.2).
+fn is_blank(byte: u8) -> bool {
+    byte == b'\r' || byte == b'\n'
 }
 
 fn write_error(why: &'static str) -> Box<Error> {
@@ -122,9 +132,7 @@ impl Http1Server {
         let client = stream
             .get_socket_digest()
             .and_then(|digest| digest.peer_addr().cloned());
-        let fresh_buffer = pipelined.is_none();
-        let mut read = pipelined.unwrap_or_default();
-        read.reserve(READ_BUFFER_BYTES);
+        let read = pipelined.unwrap_or_default();
         Http1Server {
             stream,
             read,
@@ -137,7 +145,6 @@ impl Http1Server {
             head_pending: false,
             broken: false,
             closed: false,
-            fresh_buffer,
             head_started: None,
             deadline: Deadline::default(),
             send_timeout,
@@ -177,31 +184,38 @@ impl Http1Server {
         self.head_started = None;
         self.keepalive = false;
         self.skip_blank_lines();
+        // Whether the wait below read all it could: the head goes on in the TLS layer.
+        let mut head_goes_on = false;
         if self.read.is_empty() {
-            // An idle connection holds no more than it needs: buffers a large head or response
-            // grew are let go before the wait.
+            // An idle connection holds no read buffer (see `FIRST_READ_BYTES`) and at most a
+            // small response buffer.
             if self.out.capacity() > IDLE_BUFFER_BYTES {
                 self.out = Vec::new();
             }
-            if !self.fresh_buffer {
-                self.read = BytesMut::with_capacity(READ_BUFFER_BYTES);
-                self.fresh_buffer = true;
-            }
+            self.read = BytesMut::new();
             // One idle budget, stray CRLFs included (they do not start a request).
             let wait = async {
-                while self.read.is_empty() {
-                    match self.fill().await {
-                        Ok(read) if read > 0 => self.skip_blank_lines(),
-                        _ => return false,
+                let mut first = [0; FIRST_READ_BYTES];
+                loop {
+                    let read = match self.stream.read(&mut first).await {
+                        Ok(read) if read > 0 => &first[..read],
+                        _ => return None,
+                    };
+                    let blank = read.iter().take_while(|&&byte| is_blank(byte)).count();
+                    if blank < read.len() {
+                        self.read.reserve(READ_BUFFER_BYTES);
+                        self.read.extend_from_slice(&read[blank..]);
+                        return Some(read.len() == FIRST_READ_BYTES);
                     }
                 }
-                true
             };
-            if !matches!(deadline.bound(idle, wait).await, Ok(true)) {
-                return Read::End;
+            match deadline.bound(idle, wait).await {
+                Ok(Some(full)) => head_goes_on = full,
+                _ => return Read::End,
             }
         }
-        if let Some(read) = self.parse() {
+        // A head cut short by the wait's small read is not parsed before the rest is read.
+        if !head_goes_on && let Some(read) = self.parse() {
             return read;
         }
         // The head came in pieces: one budget for the rest of it.
@@ -223,11 +237,7 @@ impl Http1Server {
     /// Empty lines before a request line are ignored (RFC 9112 §2.2): a CRLF sent after a body
     /// does not count as the start of the next request.
     fn skip_blank_lines(&mut self) {
-        let blank = self
-            .read
-            .iter()
-            .take_while(|&&byte| byte == b'\r' || byte == b'\n')
-            .count();
+        let blank = self.read.iter().take_while(|&&byte| is_blank(byte)).count();
         if blank > 0 {
             let _ = self.read.split_to(blank);
         }
@@ -236,7 +246,6 @@ impl Http1Server {
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.read.capacity() - self.read.len() < READ_BUFFER_BYTES / 4 {
             // With bytes in it the buffer may grow (a long head); empty, it is reused in place.
-            self.fresh_buffer &= self.read.is_empty();
             self.read.reserve(READ_BUFFER_BYTES);
         }
         self.stream.read_buf(&mut self.read).await
@@ -438,6 +447,7 @@ impl Http1Server {
 
     fn serialize_head(&mut self, response: &ResponseHeader, last: bool) {
         let out = &mut self.out;
+        out.reserve(HEAD_BUFFER_BYTES);
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(response.status.as_str().as_bytes());
         out.push(b' ');

@@ -36,7 +36,6 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-
 use super::bounded;
 use super::deadline::Deadline;
 use super::headers::{RequestBody, UpstreamRequest};

@@ -394,3 +394,36 @@ async fn after_a_write_times_out_nothing_more_is_written() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_idle_connection_holds_no_read_buffer() {
+    let (server, _client) = pair().await;
+    assert_eq!(server.read.capacity(), 0, "nothing is held before the first request");
+
+    let (read, mut server, _client) = read(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n\r\n").await;
+    assert!(matches!(read, Read::Request));
+    server
+        .write_response_header(&response(200, &[("content-length", "2")]))
+        .await
+        .unwrap();
+    server.write_response_body(b"ok", true).await.unwrap();
+    assert!(server.read.capacity() > 0);
+    // Waiting for the next request (given up after 50 ms), the read buffer is gone and the
+    // response buffer is small.
+    assert!(matches!(
+        server.read_request(Duration::from_millis(50), TIMEOUT).await,
+        Read::End
+    ));
+    assert_eq!(server.read.capacity(), 0);
+    assert!(server.out.capacity() <= IDLE_BUFFER_BYTES);
+}
+
+#[tokio::test]
+async fn a_head_shorter_than_the_first_read_is_judged_at_once() {
+    // Complete but malformed, in fewer bytes than the idle wait reads: pingora answers it now,
+    // rather than the edge waiting out the header budget for more.
+    let started = std::time::Instant::now();
+    let (read, _server, _client) = read(b"X\r\n\r\n").await;
+    assert!(matches!(read, Read::Elsewhere));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
