@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 
 /// The timer of one connection; see the module documentation.
 #[derive(Default)]
-pub(crate) struct Deadline {
+pub struct Deadline {
     /// Made at the first wait that did not complete at once.
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -26,7 +26,7 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// `future`, bounded by `limit` from its first wait (a future ready on its first poll reads
     /// no clock).
-    pub(crate) fn bound<F: Future>(&mut self, limit: Duration, future: F) -> Bound<'_, F> {
+    pub fn bound<F: Future>(&mut self, limit: Duration, future: F) -> Bound<'_, F> {
         Bound {
             deadline: self,
             future,
@@ -38,7 +38,7 @@ impl Deadline {
 
 pin_project_lite::pin_project! {
     /// See [`Deadline::bound`].
-    pub(crate) struct Bound<'a, F> {
+    pub struct Bound<'a, F> {
         deadline: &'a mut Deadline,
         #[pin]
         future: F,

@@ -16,6 +16,7 @@ use pingora_core::protocols::tls::SslDigest;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::deadline::Deadline;
 use super::server_http1::Http1Server;
 
 pub enum Downstream<'a> {
@@ -87,6 +88,22 @@ impl Downstream<'_> {
         match self {
             Downstream::Pingora(session) => session.drain_request_body().await,
             Downstream::Own(_) => Ok(()),
+        }
+    }
+
+    /// The timer for the upstream response waits of this request: the connection's own on the
+    /// edge's path, a new one on pingora's (an HTTP/2 stream serves one request).
+    pub fn take_upstream_deadline(&mut self) -> Deadline {
+        match self {
+            Downstream::Pingora(_) => Deadline::default(),
+            Downstream::Own(connection) => std::mem::take(&mut connection.upstream_deadline),
+        }
+    }
+
+    /// Gives back what [`Self::take_upstream_deadline`] lent.
+    pub fn keep_upstream_deadline(&mut self, deadline: Deadline) {
+        if let Downstream::Own(connection) = self {
+            connection.upstream_deadline = deadline;
         }
     }
 

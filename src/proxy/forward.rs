@@ -329,7 +329,10 @@ impl Edge {
             };
             let options = &peer.options;
             let mut connection = Http1Connection::new(stream, options.read_timeout, options.write_timeout);
-            match self.exchange(session, &mut connection, &request, context).await {
+            connection.use_deadline(session.take_upstream_deadline());
+            let exchanged = self.exchange(session, &mut connection, &request, context).await;
+            session.keep_upstream_deadline(connection.take_deadline());
+            match exchanged {
                 Ok(Some(announced)) => {
                     let idle = upstream.idle_timeout().min(announced);
                     // Whether the upstream keeps the connection open was decided from the

@@ -111,6 +111,9 @@ pub struct Http1Server {
     head_started: Option<Instant>,
     /// Bounds the waits for requests: one timer for the connection's life.
     deadline: Deadline,
+    /// Bounds the waits for upstream responses, lent to each exchange (see
+    /// [`Http1Connection::use_deadline`](super::upstream_http1::Http1Connection::use_deadline)).
+    pub(super) upstream_deadline: Deadline,
     send_timeout: Duration,
     ssl: Option<Arc<SslDigest>>,
     client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
@@ -147,6 +150,7 @@ impl Http1Server {
             closed: false,
             head_started: None,
             deadline: Deadline::default(),
+            upstream_deadline: Deadline::default(),
             send_timeout,
             ssl,
             client,

@@ -481,6 +481,18 @@ impl Http1Connection {
         }
     }
 
+    /// Bounds the reads with `deadline` instead of a timer of this connection's own: the timer
+    /// of the client connection it serves, which outlives a pooled upstream connection's turn
+    /// (one timer per client connection rather than one made per request).
+    pub fn use_deadline(&mut self, deadline: Deadline) {
+        self.deadline = deadline;
+    }
+
+    /// The timer back, for the client connection's next exchange.
+    pub fn take_deadline(&mut self) -> Deadline {
+        std::mem::take(&mut self.deadline)
+    }
+
     /// The stream, when the exchange ended cleanly and the upstream keeps the connection open:
     /// see the module contract. Otherwise the connection, boxed (the rare case pays for it).
     pub fn into_reusable(mut self) -> std::result::Result<Stream, Box<Self>> {
