@@ -214,7 +214,7 @@ impl AuthRequest<'_> {
 /// An authenticated caller, as forwarded upstream.
 pub struct Identity {
     pub values: IdentityValues,
-    pub user_id: Box<str>,
+    pub user_id: Arc<str>,
     /// On an application-level host: the tenant the token belongs to.
     pub tenant: Option<u32>,
 }

@@ -23,7 +23,8 @@ use super::{AuthError, InvalidReason};
 /// What a verified token says.
 #[derive(Debug, Clone)]
 pub struct Claims {
-    pub subject: Box<str>,
+    /// Shared with every request the token is accepted on (its access log line).
+    pub subject: Arc<str>,
     pub email: Option<Box<str>>,
     /// The tenant claim (a tenant id), if present.
     pub tenant: Option<Box<str>>,
@@ -142,9 +143,10 @@ impl Verifier<'_> {
         if !audience_ok {
             return Err(invalid(InvalidReason::Audience));
         }
-        let subject = string_claim(&claims, "sub")
+        let subject: Arc<str> = string_claim(&claims, "sub")
             .filter(|s| !s.is_empty())
-            .ok_or(invalid(InvalidReason::Claims))?;
+            .ok_or(invalid(InvalidReason::Claims))?
+            .into();
         Ok(Claims {
             subject,
             email: string_claim(&claims, "email"),

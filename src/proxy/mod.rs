@@ -156,7 +156,7 @@ pub struct RequestContext {
     host: Option<HeaderValue>,
     request_id: HeaderValue,
     identity: Option<headers::IdentityValues>,
-    user_id: Option<Box<str>>,
+    user_id: Option<Arc<str>>,
     /// Cookies the edge sets on whatever response goes out (session roll, refresh, logout).
     set_cookies: Vec<String>,
     upstream_target: Option<usize>,
