@@ -284,12 +284,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "edge".to_owned(),
         Edge::new(shared.clone(), ClientLimits::new(&snapshot.server)),
     );
-    // A small socket read buffer per connection: rustls buffers records itself, and pingora's
-    // 64 KiB default cost ~64 KiB of memory per idle connection (see benches/README.md).
-    let buffers = L4BufferSettings::new(
-        snapshot.tls.read_buffer_bytes,
-        pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE,
-    );
+    // No socket buffers by default: rustls buffers records itself and writes each flight in one
+    // vectored write; pingora's defaults (64 KiB read, 1,460 bytes write) cost that much memory
+    // on every idle connection (see benches/README.md).
+    let buffers = L4BufferSettings::new(snapshot.tls.read_buffer_bytes, 0);
     proxy.add_listener(
         ListenerConfig::tcp(bound.https.to_string())
             .tls(tls::listener_settings(certificates))
