@@ -20,7 +20,7 @@ use vestibule::ops::admin::Admin;
 use vestibule::ops::shutdown::DrainOnTerminate;
 use vestibule::ops::supervisor::{ReloadObserver, Supervisor};
 use vestibule::proxy::state::{Http01Responder, Runtime, Shared};
-use vestibule::proxy::{ClientLimits, Edge};
+use vestibule::proxy::{ClientLimits, Edge, EdgeApp};
 use vestibule::tenancy::HostKind;
 use vestibule::tls::{self, CertificateStore, gate::Gate};
 
@@ -282,7 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut proxy = Service::new(
         "edge".to_owned(),
-        Edge::new(shared.clone(), ClientLimits::new(&snapshot.server)),
+        EdgeApp::new(Edge::new(shared.clone(), ClientLimits::new(&snapshot.server))),
     );
     // No socket buffers by default: rustls buffers records itself and writes each flight in one
     // vectored write; pingora's defaults (64 KiB read, 1,460 bytes write) cost that much memory

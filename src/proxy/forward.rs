@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::Method;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
+use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType, Result};
 
@@ -46,6 +47,33 @@ use super::{Edge, RequestContext, bounded, headers, pool};
 /// How long the rest of a request body is read (and dropped) after the upstream answered early.
 pub const EARLY_ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What pingora's listener runs for each client connection: HTTP/1.x goes straight to the edge's
+/// own server, HTTP/2 through pingora's connection handling (its stream accept loop, GOAWAY on
+/// shutdown, idle timeout) and then [`Edge`]'s `process_new_http` per stream. Straight, because
+/// pingora's per-connection future reserves room for an HTTP/1 session and the HTTP/2 machinery
+/// on every connection, idle or not (3.8 KiB each).
+pub struct EdgeApp {
+    edge: Arc<Edge>,
+}
+
+impl EdgeApp {
+    pub fn new(edge: Edge) -> Self {
+        EdgeApp { edge: Arc::new(edge) }
+    }
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // pingora's own handling (its future is allocated for HTTP/2 connections only).
+            return ServerApp::process_new(&self.edge, stream, shutdown).await;
+        }
+        self.edge.serve_connection(stream, shutdown).await;
+        None
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for Edge {
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -57,31 +85,22 @@ impl HttpServerApp for Edge {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Every request of a keep-alive connection is served from this one future (pingora would
-        // call back per request, allocating and initialising a new future of the whole request
-        // path each time: the largest single cost per request measured, see benches/README.md).
-        // The shutdown signal is registered once per connection, not once per request.
-        let mut stopping = shutdown.clone();
-        let stop = stopping.wait_for(|stop| *stop);
-        tokio::pin!(stop);
         match session {
-            ServerSession::H1(http1) => {
-                // Nothing was read yet: the edge's own HTTP/1.1 server takes the connection.
-                let connection = Http1Server::new(http1.into_inner(), None, self.limits.send);
-                self.serve_http1(connection, shutdown, stop.as_mut()).await;
-            }
-            // One HTTP/2 stream: one request. Boxed, so that an HTTP/1.1 connection's future
-            // does not reserve room for it.
+            // Not reached through `EdgeApp`, which gives HTTP/1 connections to the edge's server
+            // directly; nothing was read yet, so that server takes the connection here too (boxed:
+            // HTTP/2 streams' futures do not reserve room for it).
+            ServerSession::H1(http1) => Box::pin(self.serve_connection(http1.into_inner(), shutdown)).await,
+            // One HTTP/2 stream: one request.
             mut session => {
-                let stream = async {
-                    if self
-                        .serve(&mut session, self.limits.request_header, shutdown, stop.as_mut())
-                        .await
-                    {
-                        let _ = self.sent(session.finish()).await;
-                    }
-                };
-                Box::pin(stream).await;
+                let mut stopping = shutdown.clone();
+                let stop = stopping.wait_for(|stop| *stop);
+                tokio::pin!(stop);
+                if self
+                    .serve(&mut session, self.limits.request_header, shutdown, stop.as_mut())
+                    .await
+                {
+                    let _ = self.sent(session.finish()).await;
+                }
             }
         }
         None
@@ -89,6 +108,19 @@ impl HttpServerApp for Edge {
 }
 
 impl Edge {
+    /// Serves an HTTP/1.x client connection from its first byte. Every request of a keep-alive
+    /// connection is served from this one future (pingora would call back per request,
+    /// allocating and initialising a new future of the whole request path each time: the
+    /// largest single cost per request measured, see benches/README.md).
+    async fn serve_connection(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        // The shutdown signal is registered once per connection, not once per request.
+        let mut stopping = shutdown.clone();
+        let stop = stopping.wait_for(|stop| *stop);
+        tokio::pin!(stop);
+        let connection = Http1Server::new(stream, None, self.limits.send);
+        self.serve_http1(connection, shutdown, stop.as_mut()).await;
+    }
+
     /// Serves an HTTP/1 connection: bodiless requests on the edge's own server, others on a
     /// pingora session that gets the bytes read so far and gives the connection back after.
     async fn serve_http1<S>(&self, mut connection: Http1Server, shutdown: &ShutdownWatch, mut stop: Pin<&mut S>)

@@ -45,6 +45,7 @@ use pingora_core::connectors::TransportConnector;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
+pub use forward::EdgeApp;
 pub use rejection::Rejection;
 use state::{Runtime, Shared};
 
