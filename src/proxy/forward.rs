@@ -14,7 +14,9 @@
 //! one upgrade passed through; HTTP/2 requests get `Host` from `:authority` (the header is built
 //! by [`super::headers::upstream_request`]) and spoken by the edge's own client
 //! ([`super::upstream_http1`]). A response cut short is never finished as if whole:
-//! the connection closes (HTTP/1) or the stream is reset (HTTP/2). A reused connection that fails
+//! the connection closes (HTTP/1) or the stream is reset (HTTP/2); a head with a length is held
+//! until its body starts, so an upstream that dies right after its head gets the client a 502.
+//! A reused connection that fails
 //! before anything came back is replaced once, by a new one, for idempotent requests.
 //!
 //! Client connections are bounded ([`super::ClientLimits`]): a keep-alive wait, a budget for the
@@ -240,7 +242,7 @@ impl Edge {
                 return false;
             }
         }
-        self.handle(&mut Downstream::Pingora(session), shutdown).await
+        self.handle(&mut Downstream::pingora(session), shutdown).await
     }
 
     /// Serves a request whose head was read. Returns whether the connection may carry another.
