@@ -8,22 +8,33 @@
 //! dropped, by a `put` or, while the pool keeps any, by one sweeper task per thread (peers no
 //! request asks for any more, such as targets a reload removed, and threads that serve no more
 //! requests do not keep their sockets); at most
-//! [`MAX_IDLE_PER_PEER`] are kept per peer and thread. Before a connection is handed out, one
-//! non-blocking peek checks that the upstream has neither closed it nor sent anything unasked
-//! (either way it is dropped). A close racing that check is found by the exchange itself, which
-//! the request loop then replays on another connection when that is safe (see `forward`).
+//! [`MAX_IDLE_PER_PEER`] are kept per peer and thread. Before a connection is handed out, it is
+//! checked that the upstream has neither closed it nor sent anything unasked (either way it is
+//! dropped): for a plain TCP connection idle less than [`TRUSTED_IDLE`], by the event loop's
+//! readiness (nothing arrived since its last read: no system call, as nginx learns of closes
+//! from its events), otherwise by one non-blocking peek. A close racing that check is found by
+//! the exchange itself, which the request loop then replays on another connection when that is
+//! safe (see `forward`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
+use std::pin::Pin;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Most idle connections kept per upstream peer and worker thread; the oldest goes first.
 pub const MAX_IDLE_PER_PEER: usize = 256;
+
+/// A plain TCP connection idle for less than this is handed out on the event loop's word that
+/// nothing arrived on it; one idle longer is peeked at too (upstreams close idle connections
+/// after a while, seldom within a second of a response).
+pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// How often expired connections of every peer are dropped (by the sweeper task, and by a `put`
 /// when that task runs elsewhere: see [`sweep_while_kept`]).
@@ -32,7 +43,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Idle connections by peer key, each with the instant it expires.
 #[derive(Default)]
 struct Idle {
-    peers: HashMap<u64, VecDeque<(Stream, Instant)>>,
+    /// Each with when it was put back and when it expires.
+    peers: HashMap<u64, VecDeque<(Stream, Instant, Instant)>>,
     next_sweep: Option<Instant>,
     /// The sweeper task started for this thread's pool (see [`sweep_while_kept`]).
     sweeper: Option<tokio::task::JoinHandle<()>>,
@@ -42,7 +54,7 @@ impl Idle {
     /// Drops every expired connection, and the queues left empty.
     fn sweep(&mut self, now: Instant) {
         self.peers.retain(|_, connections| {
-            connections.retain(|(_, expires)| *expires > now);
+            connections.retain(|(_, _, expires)| *expires > now);
             !connections.is_empty()
         });
         self.next_sweep = Some(now + SWEEP_INTERVAL);
@@ -58,10 +70,10 @@ pub fn take(key: u64) -> Option<Stream> {
     IDLE.with_borrow_mut(|idle| {
         let connections = idle.peers.get_mut(&key)?;
         let now = Instant::now();
-        while let Some((stream, expires)) = connections.pop_back() {
+        while let Some((mut stream, since, expires)) = connections.pop_back() {
             // Expiries differ (an upstream may announce a shorter idle timeout for one
             // connection), so a stale entry says nothing about the older ones.
-            if now < expires && is_quiet(&stream) {
+            if now < expires && is_quiet(&mut stream, now.saturating_duration_since(since)) {
                 return Some(stream);
             }
         }
@@ -69,8 +81,23 @@ pub fn take(key: u64) -> Option<Stream> {
     })
 }
 
-/// Open, and nothing unread: a peek finds no data and no end of stream.
-fn is_quiet(stream: &Stream) -> bool {
+/// Open, and nothing unread. Plain TCP idle less than [`TRUSTED_IDLE`]: the runtime saw no
+/// readiness since the last read, which ended short (tokio then clears it); so nothing, not
+/// even an end of stream, arrived. Otherwise, or if it did see some: a peek finds no data and
+/// no end of stream.
+fn is_quiet(stream: &mut Stream, idle: Duration) -> bool {
+    if idle < TRUSTED_IDLE && stream.get_ssl_digest().is_none() {
+        // An empty read asks for readiness only: pending means none, without a system call.
+        // The no-op waker is replaced by the task's own at the first real read.
+        let mut context = Context::from_waker(Waker::noop());
+        let mut nothing = ReadBuf::new(&mut []);
+        if Pin::new(&mut *stream)
+            .poll_read(&mut context, &mut nothing)
+            .is_pending()
+        {
+            return true;
+        }
+    }
     // SAFETY: `id()` is the stream's own socket descriptor, open for as long as `stream` lives,
     // which outlives this borrow.
     let socket = unsafe { BorrowedFd::borrow_raw(stream.id()) };
@@ -96,7 +123,7 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
         if connections.len() >= MAX_IDLE_PER_PEER {
             connections.pop_front();
         }
-        connections.push_back((stream, now + idle_timeout));
+        connections.push_back((stream, now, now + idle_timeout));
     });
 }
 
@@ -174,6 +201,24 @@ mod tests {
         let (brief, _brief_peer) = pair().await;
         put(key, brief, Duration::ZERO);
         assert_eq!(take(key).map(|stream| stream.id()), Some(lasting_id));
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_long_is_peeked_at_not_trusted() {
+        let key = 41;
+        let (stream, peer) = pair().await;
+        put(key, stream, Duration::from_secs(60));
+        IDLE.with_borrow_mut(|idle| idle.peers.get_mut(&key).unwrap()[0].1 -= TRUSTED_IDLE * 2);
+        drop(peer);
+        // The runtime gets no turn to see the close: only a peek finds it.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(take(key).is_none());
+
+        // Idle briefly and nothing arrived: handed out.
+        let (stream, _peer) = pair().await;
+        let id = stream.id();
+        put(key, stream, Duration::from_secs(60));
+        assert_eq!(take(key).map(|stream| stream.id()), Some(id));
     }
 
     #[tokio::test]
