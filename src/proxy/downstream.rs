@@ -18,7 +18,7 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::deadline::Deadline;
-use super::server_http1::Http1Server;
+use super::server_http1::{Http1Server, waits_for_body};
 
 pub enum Downstream<'a> {
     /// With the final response head held back until its body starts (see
@@ -115,20 +115,16 @@ impl<'a> Downstream<'a> {
         }
     }
 
-    /// A final head whose body has a length is held until the body starts, on both paths: if
-    /// the upstream dies in between, nothing of the response reached the client and the error
-    /// answer replaces it (a 502, rather than an empty answer or a reset stream). Heads of
-    /// streamed bodies (chunked, until close) go out at once.
+    /// A final head whose body has a length is held until the body starts, on both paths (see
+    /// [`waits_for_body`]): an upstream dying in between gets the client a 502, rather than an
+    /// empty answer or a reset stream.
     pub async fn write_response_header(&mut self, response: Box<ResponseHeader>) -> Result<()> {
         match self {
             Downstream::Pingora(session, held) => {
                 if response.status.is_informational() {
                     return session.write_response_header(response).await;
                 }
-                let length = super::headers::content_length(&response.headers);
-                let bodiless =
-                    session.req_header().method == http::Method::HEAD || matches!(response.status.as_u16(), 204 | 304);
-                if !bodiless && length.is_some_and(|length| length > 0) {
+                if waits_for_body(session.req_header().method == http::Method::HEAD, &response) {
                     *held = Some(response);
                     return Ok(());
                 }

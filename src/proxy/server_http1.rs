@@ -119,6 +119,31 @@ pub struct Http1Server {
     client: Option<pingora_core::protocols::l4::socket::SocketAddr>,
 }
 
+/// How the body of a final response to the client is delimited (RFC 9112 §6.3).
+fn response_body(head_request: bool, response: &ResponseHeader) -> Body {
+    let status = response.status;
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Body::Done
+    } else if let Some(codings) = response.headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        if super::upstream_http1::last_coding_is_chunked(codings.as_bytes()) {
+            Body::Chunked
+        } else {
+            Body::UntilClose
+        }
+    } else if let Some(length) = super::headers::content_length(&response.headers) {
+        Body::Length(length)
+    } else {
+        Body::UntilClose
+    }
+}
+
+/// A final head whose body has a length and is not empty waits for the body's first bytes, on
+/// every path: if the upstream dies in between, nothing of the response reached the client and an
+/// error answer still can. Heads of streamed bodies (chunked, until close) go out at once.
+pub fn waits_for_body(head_request: bool, response: &ResponseHeader) -> bool {
+    matches!(response_body(head_request, response), Body::Length(length) if length > 0)
+}
+
 /// Empty lines before a request line are ignored (RFC 9112 §2.2).
 fn is_blank(byte: u8) -> bool {
     byte == b'\r' || byte == b'\n'
@@ -420,19 +445,7 @@ impl Http1Server {
             .request
             .as_ref()
             .is_some_and(|request| request.method == Method::HEAD);
-        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Body::Done
-        } else if let Some(codings) = response.headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-            if super::upstream_http1::last_coding_is_chunked(codings.as_bytes()) {
-                Body::Chunked
-            } else {
-                Body::UntilClose
-            }
-        } else if let Some(length) = super::headers::content_length(&response.headers) {
-            Body::Length(length)
-        } else {
-            Body::UntilClose
-        };
+        let body = response_body(head_request, response);
         if body == Body::UntilClose {
             self.keepalive = false;
         }
@@ -440,7 +453,7 @@ impl Http1Server {
         self.body = if body == Body::Length(0) { Body::Done } else { body };
         self.serialize_head(response, true);
         match self.body {
-            // Waits for the first body bytes, to go out with them.
+            // Waits for the first body bytes, to go out with them (`waits_for_body`).
             Body::Length(_) => {
                 self.head_pending = true;
                 Ok(())
