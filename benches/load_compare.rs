@@ -1,11 +1,13 @@
 //! Vestibule beside nginx, in one run, on one machine: `scripts/load-compare.sh` (which pins this
 //! program, the load generators and the upstream to CPU 0 and both proxies to CPU 1).
 //!
-//! - upstream: nginx answering `200 ok` (and serving the JWKS), on CPU 0;
+//! - upstream: nginx answering `200 ok` (and serving the JWKS and a 64 KiB body at `/64k`), on
+//!   CPU 0;
 //! - Vestibule: one worker thread, a JWT bearer check on every request (ES256, cached);
 //! - nginx: one worker, plain TLS-terminating proxy with the same ECDSA P-256 certificate,
 //!   keep-alive to the upstream, `keepalive_requests` raised, access log off;
-//! - tests, interleaved A B / B A over rounds: keep-alive HTTPS/1.1 (`wrk -t1 -c64`), HTTP/2
+//! - tests, interleaved A B / B A over rounds: keep-alive HTTPS/1.1 (`wrk -t1 -c64`), the same
+//!   with 64 KiB responses, HTTP/2
 //!   (`h2load -t1 -c32 -m10`), new connections with a full TLS 1.3 handshake each (64 closed-loop
 //!   clients, resumption disabled, like `tlsload`);
 //! - per run: req/s, p50/p99 latency and proxy CPU per request (from /proc); per test: the
@@ -35,7 +37,7 @@ use vestibule::auth::crypto::{self, EdgeKey};
 const HOST: &str = "acme-app-acct.us.bench.test";
 
 struct Options {
-    /// `--profile keep-alive|http2|handshakes`: record Vestibule with `perf` during that load only.
+    /// `--profile keep-alive|large|http2|handshakes`: record Vestibule with `perf` during that load only.
     profile: Option<String>,
     rounds: usize,
     duration: u64,
@@ -206,9 +208,12 @@ fn upstream(directory: &Path, port: u16) -> Proxy {
     let config = format!(
         "{NGINX_COMMON}http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
          server {{\n    listen 127.0.0.1:{port} reuseport;\n    location = /jwks.json {{ default_type application/json; alias {jwks}; }}\n    \
+         location = /64k {{ default_type application/octet-stream; alias {large}; }}\n    \
          location / {{ default_type text/plain; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-        jwks = directory.join("jwks.json").display()
+        jwks = directory.join("jwks.json").display(),
+        large = directory.join("64k").display()
     );
+    std::fs::write(directory.join("64k"), vec![b'v'; 64 * 1024]).expect("write the 64 KiB body");
     nginx(directory, "upstream", 0, config, port)
 }
 
@@ -334,7 +339,8 @@ fn measured(proxy: &Proxy, work: impl FnOnce() -> (f64, f64, f64, u64, u64)) -> 
     }
 }
 
-fn keep_alive(proxy: &Proxy, token: &str, seconds: u64) -> Run {
+/// `wrk -t1 -c64` for `seconds` on `path` (`/`: a 3-byte answer; `/64k`: 64 KiB).
+fn keep_alive(proxy: &Proxy, token: &str, seconds: u64, path: &str) -> Run {
     measured(proxy, || {
         let output = pinned(0, "wrk")
             .args([
@@ -346,7 +352,7 @@ fn keep_alive(proxy: &Proxy, token: &str, seconds: u64) -> Run {
                 &format!("Host: {HOST}"),
             ])
             .args(["-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("https://127.0.0.1:{}/", proxy.port))
+            .arg(format!("https://127.0.0.1:{}{path}", proxy.port))
             .output()
             .expect("wrk");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -745,7 +751,7 @@ fn main() {
     ];
     // Both must answer before anything is measured.
     for proxy in &proxies {
-        let check = keep_alive(proxy, &token, 1);
+        let check = keep_alive(proxy, &token, 1, "/64k");
         assert!(
             check.requests_per_second > 0.0 && check.errors == 0,
             "{}: {check:?}\n{}",
@@ -798,7 +804,8 @@ fn main() {
         let run = match kind.as_str() {
             "http2" => http2(&proxies[0], &token, options.duration, path),
             "handshakes" => handshakes(&proxies[0], &token, options.duration),
-            _ => keep_alive(&proxies[0], &token, options.duration),
+            "large" => keep_alive(&proxies[0], &token, options.duration, "/64k"),
+            _ => keep_alive(&proxies[0], &token, options.duration, "/"),
         };
         let _ = Command::new("kill").arg("-INT").arg(perf.id().to_string()).status();
         let _ = perf.wait();
@@ -812,9 +819,12 @@ fn main() {
     }
 
     type Test<'a> = (&'a str, &'a dyn Fn(&Proxy) -> Run);
-    let tests: [Test; 3] = [
+    let tests: [Test; 4] = [
         ("keep-alive HTTPS/1.1 (wrk -t1 -c64)", &|p| {
-            keep_alive(p, &token, options.duration)
+            keep_alive(p, &token, options.duration, "/")
+        }),
+        ("large responses, 64 KiB over HTTPS/1.1 (wrk -t1 -c64)", &|p| {
+            keep_alive(p, &token, options.duration, "/64k")
         }),
         ("HTTP/2 (h2load -t1 -c32 -m10)", &|p| {
             http2(p, &token, options.duration, path)

@@ -504,3 +504,49 @@ async fn reading_survives_being_cancelled_at_any_point() {
     assert_eq!(body, b"hello world");
     assert!(connection.into_reusable().is_ok());
 }
+
+/// The sizes of the body pieces `read_task` hands out for `answer`, all of it already sent.
+async fn body_pieces(answer: Vec<u8>) -> Vec<usize> {
+    let (mut connection, mut upstream) = pair().await;
+    connection.send_head(&request(RequestBody::Empty)).await.unwrap();
+    upstream.write_all(&answer).await.unwrap();
+    // Everything is in the socket before the first read (loopback buffers hold far more).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut pieces = Vec::new();
+    loop {
+        match connection.read_task().await.unwrap() {
+            HttpTask::Header(_, false) => {}
+            HttpTask::Body(Some(data), end) => {
+                pieces.push(data.len());
+                if end {
+                    return pieces;
+                }
+            }
+            HttpTask::Body(None, true) => return pieces,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn long_bodies_are_read_in_large_pieces_not_head_sized_ones() {
+    const BODY: usize = 2 * MAX_BODY_READ_BYTES;
+    // By length: the first piece shares the head's read, the rest come a length's worth at a time.
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + BODY, b'v');
+    let pieces = body_pieces(answer).await;
+    assert_eq!(pieces.iter().sum::<usize>(), BODY);
+    assert!(pieces.len() <= 4, "{pieces:?}");
+    assert!(pieces[1..].contains(&MAX_BODY_READ_BYTES), "{pieces:?}");
+
+    // Chunked (length unknown): each read that fills its room doubles the next one's, up to the
+    // most; 2 × 64 KiB read 8 KiB at a time was 16 pieces.
+    let mut answer = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{BODY:x}\r\n").into_bytes();
+    answer.resize(answer.len() + BODY, b'v');
+    answer.extend_from_slice(b"\r\n0\r\n\r\n");
+    let pieces = body_pieces(answer).await;
+    assert_eq!(pieces.iter().sum::<usize>(), BODY);
+    assert!(pieces.len() <= 6, "{pieces:?}");
+    assert!(pieces.iter().all(|&piece| piece <= MAX_BODY_READ_BYTES), "{pieces:?}");
+    assert!(pieces.windows(2).take(3).all(|pair| pair[1] >= pair[0]), "{pieces:?}");
+}
