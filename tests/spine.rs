@@ -537,6 +537,29 @@ async fn an_upstream_connection_is_retired_before_its_announced_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_idle_upstream_connections_allowed_each_request_gets_a_new_one() {
+    let Fixture { edge, pki, _directory } =
+        tokio::task::spawn_blocking(|| fixture_of("", "", "[upstream]\nmax_idle_connections = 0"))
+            .await
+            .unwrap();
+    let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    let request = "GET /keep-alive/2 HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
+    let connection = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["connection"].clone();
+    let (head, body) = exchange(&mut stream, request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let first = connection(&body);
+    let (head, body) = exchange(&mut stream, request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_ne!(
+        connection(&body),
+        first,
+        "an upstream connection was kept idle against the bound"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_dribbling_clients_lose_their_connections() {
     let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(|| {
         fixture_of(

@@ -368,6 +368,10 @@ pub struct UpstreamSettings {
     pub write_timeout: Duration,
     /// Idle pooled connections are closed after this. Default: [`DEFAULT_UPSTREAM_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// Most idle connections kept per target and worker thread (0: none, every exchange closes
+    /// its connection). Default: [`DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS`], at most
+    /// [`MAX_UPSTREAM_IDLE_CONNECTIONS`].
+    pub max_idle_connections: usize,
     /// TCP health check period per target. Default: [`DEFAULT_HEALTH_CHECK_INTERVAL`].
     pub health_check_interval: Duration,
 }
@@ -376,6 +380,14 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_UPSTREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// As many as nginx's default `worker_connections`: a bound below the requests a worker has in
+/// flight to one target closes connections that are needed again a moment later (with 1,000
+/// clients and a bound of 256, the edge opened ~6,000 upstream connections a second, each
+/// leaving a TIME_WAIT behind, and served half as many requests). Connections are only made
+/// when that many requests were in flight at once, and idle ones go after the idle timeout.
+pub const DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS: usize = 1024;
+/// Largest `upstream.max_idle_connections` accepted.
+pub const MAX_UPSTREAM_IDLE_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One upstream target of an application.

@@ -94,6 +94,7 @@ pub struct UpstreamSection {
     pub read_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub max_idle_connections: Option<usize>,
     pub health_check_interval_ms: Option<u64>,
 }
 

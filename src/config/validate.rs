@@ -331,6 +331,17 @@ impl Context<'_> {
     }
 
     fn upstream(&self, section: UpstreamSection, problems: &mut Problems) -> UpstreamSettings {
+        let max_idle_connections = match section.max_idle_connections {
+            None => DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS,
+            Some(count) if count > MAX_UPSTREAM_IDLE_CONNECTIONS => {
+                problems.add(
+                    "upstream.max_idle_connections",
+                    format!("at most {MAX_UPSTREAM_IDLE_CONNECTIONS}"),
+                );
+                DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS
+            }
+            Some(count) => count,
+        };
         let mut duration = |value: Option<u64>, default: Duration, key: &str| {
             let value = value.map_or(default, Duration::from_millis);
             if value.is_zero() {
@@ -359,6 +370,7 @@ impl Context<'_> {
                 DEFAULT_UPSTREAM_IDLE_TIMEOUT,
                 "idle_timeout_ms",
             ),
+            max_idle_connections,
             health_check_interval: duration(
                 section.health_check_interval_ms,
                 DEFAULT_HEALTH_CHECK_INTERVAL,
@@ -1209,6 +1221,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("tls.read_buffer_bytes"), "{error}");
+    }
+
+    #[test]
+    fn the_upstream_idle_pool_bound_has_a_default_allows_none_and_is_bounded() {
+        let minimal = crate::config::tests_support::MINIMAL;
+        let parse = |text: &str| crate::config::parse(text, &crate::config::Source::Embedded);
+        assert_eq!(
+            parse(minimal).unwrap().upstream.max_idle_connections,
+            DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS
+        );
+        let none = format!("{minimal}\n[upstream]\nmax_idle_connections = 0\n");
+        assert_eq!(parse(&none).unwrap().upstream.max_idle_connections, 0);
+        let huge = format!("{minimal}\n[upstream]\nmax_idle_connections = 70000\n");
+        let error = parse(&huge).unwrap_err().to_string();
+        assert!(error.contains("upstream.max_idle_connections"), "{error}");
+        let negative = format!("{minimal}\n[upstream]\nmax_idle_connections = -1\n");
+        assert!(parse(&negative).is_err());
     }
 
     #[test]

@@ -371,11 +371,12 @@ impl Edge {
                     let idle = upstream.idle_timeout().min(announced);
                     // Whether the upstream keeps the connection open was decided from the
                     // response (Connection, HTTP version, framing).
-                    if idle.is_zero() {
+                    let most = upstream.max_idle_connections();
+                    if idle.is_zero() || most == 0 {
                         connection.shutdown().await;
                     } else {
                         match connection.into_reusable() {
-                            Ok(stream) => pool::put(key, stream, idle),
+                            Ok(stream) => pool::put(key, stream, idle, most),
                             Err(connection) => connection.shutdown().await,
                         }
                     }

@@ -8,7 +8,7 @@
 //! dropped, by a `put` or, while the pool keeps any, by one sweeper task per thread (peers no
 //! request asks for any more, such as targets a reload removed, and threads that serve no more
 //! requests do not keep their sockets); at most
-//! [`MAX_IDLE_PER_PEER`] are kept per peer and thread. Before a connection is handed out, it is
+//! `upstream.max_idle_connections` are kept per peer and thread (the oldest goes first). Before a connection is handed out, it is
 //! checked that the upstream has neither closed it nor sent anything unasked (either way it is
 //! dropped): for a plain TCP connection idle less than [`TRUSTED_IDLE`], by the event loop's
 //! readiness (nothing arrived since its last read: no system call, as nginx learns of closes
@@ -27,9 +27,6 @@ use std::time::{Duration, Instant};
 
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
-
-/// Most idle connections kept per upstream peer and worker thread; the oldest goes first.
-pub const MAX_IDLE_PER_PEER: usize = 256;
 
 /// A plain TCP connection idle for less than this is handed out on the event loop's word that
 /// nothing arrived on it; one idle longer is peeked at too (upstreams close idle connections
@@ -109,8 +106,9 @@ fn is_quiet(stream: &mut Stream, idle: Duration) -> bool {
     )
 }
 
-/// Keeps `stream` for the next request to `key`, for at most `idle_timeout`.
-pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
+/// Keeps `stream` for the next request to `key`, for at most `idle_timeout`, dropping the oldest
+/// idle connection to `key` when `most` are kept already.
+pub fn put(key: u64, stream: Stream, idle_timeout: Duration, most: usize) {
     IDLE.with_borrow_mut(|idle| {
         let now = Instant::now();
         if idle.next_sweep.is_none_or(|next| now >= next) {
@@ -120,7 +118,7 @@ pub fn put(key: u64, stream: Stream, idle_timeout: Duration) {
             idle.sweeper = Some(tokio::spawn(sweep_while_kept()));
         }
         let connections = idle.peers.entry(key).or_default();
-        if connections.len() >= MAX_IDLE_PER_PEER {
+        while connections.len() >= most.max(1) {
             connections.pop_front();
         }
         connections.push_back((stream, now, now + idle_timeout));
@@ -166,40 +164,40 @@ mod tests {
         assert!(take(key).is_none());
         let (first, _first_peer) = pair().await;
         let first_id = first.id();
-        put(key, first, long);
+        put(key, first, long, 8);
         let (second, _second_peer) = pair().await;
         let second_id = second.id();
-        put(key, second, long);
+        put(key, second, long, 8);
         assert_eq!(take(key).unwrap().id(), second_id);
         assert_eq!(take(key).unwrap().id(), first_id);
         assert!(take(key).is_none());
 
         // Closed by the upstream while idle: dropped, not handed out.
         let (closing, peer) = pair().await;
-        put(key, closing, long);
+        put(key, closing, long, 8);
         drop(peer);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(take(key).is_none());
 
         // Sent something nobody asked for: dropped too.
         let (chatty, mut peer) = pair().await;
-        put(key, chatty, long);
+        put(key, chatty, long, 8);
         peer.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(take(key).is_none());
 
         // Idle for longer than the timeout: dropped.
         let (idle, _idle_peer) = pair().await;
-        put(key, idle, Duration::ZERO);
+        put(key, idle, Duration::ZERO, 8);
         assert!(take(key).is_none());
 
         // A newer entry that expired sooner (a shorter announced timeout) takes no older one
         // with it.
         let (lasting, _lasting_peer) = pair().await;
         let lasting_id = lasting.id();
-        put(key, lasting, long);
+        put(key, lasting, long, 8);
         let (brief, _brief_peer) = pair().await;
-        put(key, brief, Duration::ZERO);
+        put(key, brief, Duration::ZERO, 8);
         assert_eq!(take(key).map(|stream| stream.id()), Some(lasting_id));
     }
 
@@ -207,7 +205,7 @@ mod tests {
     async fn a_connection_idle_long_is_peeked_at_not_trusted() {
         let key = 41;
         let (stream, peer) = pair().await;
-        put(key, stream, Duration::from_secs(60));
+        put(key, stream, Duration::from_secs(60), 8);
         IDLE.with_borrow_mut(|idle| idle.peers.get_mut(&key).unwrap()[0].1 -= TRUSTED_IDLE * 2);
         drop(peer);
         // The runtime gets no turn to see the close: only a peek finds it.
@@ -217,7 +215,7 @@ mod tests {
         // Idle briefly and nothing arrived: handed out.
         let (stream, _peer) = pair().await;
         let id = stream.id();
-        put(key, stream, Duration::from_secs(60));
+        put(key, stream, Duration::from_secs(60), 8);
         assert_eq!(take(key).map(|stream| stream.id()), Some(id));
     }
 
@@ -225,22 +223,33 @@ mod tests {
     async fn keeps_at_most_the_bound_per_peer() {
         let key = 8;
         let mut peers = Vec::new();
-        for _ in 0..MAX_IDLE_PER_PEER + 3 {
+        for _ in 0..7 {
             let (stream, peer) = pair().await;
-            put(key, stream, Duration::from_secs(60));
+            put(key, stream, Duration::from_secs(60), 4);
             peers.push(peer);
         }
-        assert_eq!(IDLE.with_borrow(|idle| idle.peers[&key].len()), MAX_IDLE_PER_PEER);
+        assert_eq!(IDLE.with_borrow(|idle| idle.peers[&key].len()), 4);
+        // The oldest three went first: their peers see the close, the others see nothing yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let closed: Vec<bool> = peers
+            .iter()
+            .map(|peer| matches!(peer.try_read(&mut [0u8; 1]), Ok(0)))
+            .collect();
+        assert_eq!(closed, [true, true, true, false, false, false, false]);
+        // A lowered bound (a reload) trims the queue on the next put.
+        let (stream, _peer) = pair().await;
+        put(key, stream, Duration::from_secs(60), 2);
+        assert_eq!(IDLE.with_borrow(|idle| idle.peers[&key].len()), 2);
     }
 
     #[tokio::test]
     async fn a_sweep_drops_expired_connections_of_peers_nobody_asks_for() {
         let (forgotten, _forgotten_peer) = pair().await;
-        put(21, forgotten, Duration::ZERO);
+        put(21, forgotten, Duration::ZERO, 8);
         // Force the next put to sweep.
         IDLE.with_borrow_mut(|idle| idle.next_sweep = None);
         let (fresh, _fresh_peer) = pair().await;
-        put(22, fresh, Duration::from_secs(60));
+        put(22, fresh, Duration::from_secs(60), 8);
         IDLE.with_borrow(|idle| {
             assert!(!idle.peers.contains_key(&21), "expired peer swept, queue and all");
             assert_eq!(idle.peers[&22].len(), 1);
@@ -250,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn expired_connections_close_without_further_requests() {
         let (stale, mut peer) = pair().await;
-        put(31, stale, Duration::from_millis(10));
+        put(31, stale, Duration::from_millis(10), 8);
         assert!(IDLE.with_borrow(|idle| idle.sweeper.is_some()));
         // No more puts or takes: the sweeper closes the connection, and stops once the pool is
         // empty.

@@ -84,6 +84,11 @@ impl Upstream {
         self.settings.idle_timeout
     }
 
+    /// Most idle connections kept per target and worker thread.
+    pub fn max_idle_connections(&self) -> usize {
+        self.settings.max_idle_connections
+    }
+
     /// Passive health: a failed connect takes the target out of rotation until it answers a check.
     pub fn mark_down(&self, index: usize) {
         if let Some(target) = self.targets.get(index)
@@ -138,7 +143,7 @@ mod tests {
     use super::*;
     use crate::config::{
         DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-        DEFAULT_UPSTREAM_READ_TIMEOUT, DEFAULT_UPSTREAM_WRITE_TIMEOUT,
+        DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS, DEFAULT_UPSTREAM_READ_TIMEOUT, DEFAULT_UPSTREAM_WRITE_TIMEOUT,
     };
 
     fn settings() -> UpstreamSettings {
@@ -147,6 +152,7 @@ mod tests {
             read_timeout: DEFAULT_UPSTREAM_READ_TIMEOUT,
             write_timeout: DEFAULT_UPSTREAM_WRITE_TIMEOUT,
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_idle_connections: DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS,
             health_check_interval: DEFAULT_HEALTH_CHECK_INTERVAL,
         }
     }
