@@ -5,9 +5,10 @@
 //!   CPU 0;
 //! - Vestibule: one worker thread, a JWT bearer check on every request (ES256, cached);
 //! - nginx: one worker, plain TLS-terminating proxy with the same ECDSA P-256 certificate,
-//!   keep-alive to the upstream, `keepalive_requests` raised, access log off;
+//!   keep-alive to the upstream (up to 1,024 idle connections, as the edge's default),
+//!   `keepalive_requests` raised, access log off;
 //! - tests, interleaved A B / B A over rounds: keep-alive HTTPS/1.1 (`wrk -t1 -c64`), the same
-//!   with 64 KiB responses, HTTP/2
+//!   with 64 KiB responses and with 1,000 connections, HTTP/2
 //!   (`h2load -t1 -c32 -m10`), new connections with a full TLS 1.3 handshake each (64 closed-loop
 //!   clients, resumption disabled, like `tlsload`);
 //! - per run: req/s, p50/p99 latency and proxy CPU per request (from /proc); per test: the
@@ -37,7 +38,7 @@ use vestibule::auth::crypto::{self, EdgeKey};
 const HOST: &str = "acme-app-acct.us.bench.test";
 
 struct Options {
-    /// `--profile keep-alive|large|http2|handshakes`: record Vestibule with `perf` during that load only.
+    /// `--profile keep-alive|large|many|http2|handshakes`: record Vestibule with `perf` during that load only.
     profile: Option<String>,
     rounds: usize,
     duration: u64,
@@ -220,7 +221,7 @@ fn upstream(directory: &Path, port: u16) -> Proxy {
 fn nginx_proxy(directory: &Path, port: u16, upstream_port: u16, cert: &Path, key: &Path) -> Proxy {
     let config = format!(
         "{NGINX_COMMON}http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
-         upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  \
+         upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}\n  \
          server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    \
          ssl_protocols TLSv1.2 TLSv1.3;\n    http2_max_concurrent_streams 128;\n    \
          location / {{\n      proxy_pass http://app;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
@@ -339,13 +340,13 @@ fn measured(proxy: &Proxy, work: impl FnOnce() -> (f64, f64, f64, u64, u64)) -> 
     }
 }
 
-/// `wrk -t1 -c64` for `seconds` on `path` (`/`: a 3-byte answer; `/64k`: 64 KiB).
-fn keep_alive(proxy: &Proxy, token: &str, seconds: u64, path: &str) -> Run {
+/// `wrk -t1` with `connections` for `seconds` on `path` (`/`: a 3-byte answer; `/64k`: 64 KiB).
+fn keep_alive(proxy: &Proxy, token: &str, seconds: u64, path: &str, connections: u32) -> Run {
     measured(proxy, || {
         let output = pinned(0, "wrk")
             .args([
                 "-t1",
-                "-c64",
+                &format!("-c{connections}"),
                 &format!("-d{seconds}s"),
                 "--latency",
                 "-H",
@@ -751,7 +752,7 @@ fn main() {
     ];
     // Both must answer before anything is measured.
     for proxy in &proxies {
-        let check = keep_alive(proxy, &token, 1, "/64k");
+        let check = keep_alive(proxy, &token, 1, "/64k", 64);
         assert!(
             check.requests_per_second > 0.0 && check.errors == 0,
             "{}: {check:?}\n{}",
@@ -804,8 +805,9 @@ fn main() {
         let run = match kind.as_str() {
             "http2" => http2(&proxies[0], &token, options.duration, path),
             "handshakes" => handshakes(&proxies[0], &token, options.duration),
-            "large" => keep_alive(&proxies[0], &token, options.duration, "/64k"),
-            _ => keep_alive(&proxies[0], &token, options.duration, "/"),
+            "large" => keep_alive(&proxies[0], &token, options.duration, "/64k", 64),
+            "many" => keep_alive(&proxies[0], &token, options.duration, "/", 1000),
+            _ => keep_alive(&proxies[0], &token, options.duration, "/", 64),
         };
         let _ = Command::new("kill").arg("-INT").arg(perf.id().to_string()).status();
         let _ = perf.wait();
@@ -819,12 +821,15 @@ fn main() {
     }
 
     type Test<'a> = (&'a str, &'a dyn Fn(&Proxy) -> Run);
-    let tests: [Test; 4] = [
+    let tests: [Test; 5] = [
         ("keep-alive HTTPS/1.1 (wrk -t1 -c64)", &|p| {
-            keep_alive(p, &token, options.duration, "/")
+            keep_alive(p, &token, options.duration, "/", 64)
         }),
         ("large responses, 64 KiB over HTTPS/1.1 (wrk -t1 -c64)", &|p| {
-            keep_alive(p, &token, options.duration, "/64k")
+            keep_alive(p, &token, options.duration, "/64k", 64)
+        }),
+        ("many clients, 1,000 connections over HTTPS/1.1 (wrk -t1 -c1000)", &|p| {
+            keep_alive(p, &token, options.duration, "/", 1000)
         }),
         ("HTTP/2 (h2load -t1 -c32 -m10)", &|p| {
             http2(p, &token, options.duration, path)
