@@ -828,9 +828,10 @@ fn main() {
         ("large responses, 64 KiB over HTTPS/1.1 (wrk -t1 -c64)", &|p| {
             keep_alive(p, &token, options.duration, "/64k", 64)
         }),
-        ("many clients, 1,000 connections over HTTPS/1.1 (wrk -t1 -c1000)", &|p| {
-            keep_alive(p, &token, options.duration, "/", 1000)
-        }),
+        (
+            "many clients, 1,000 connections over HTTPS/1.1 (wrk -t1 -c1000)",
+            &|p| keep_alive(p, &token, options.duration, "/", 1000),
+        ),
         ("HTTP/2 (h2load -t1 -c32 -m10)", &|p| {
             http2(p, &token, options.duration, path)
         }),
