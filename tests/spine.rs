@@ -504,6 +504,19 @@ fn hop_by_hop_fields_of_the_upstream_response_stop_at_the_edge() {
     }
 }
 
+/// The test upstream's `/keep-alive/2` on `stream`: asserts a 200 and returns which upstream
+/// connection answered (the upstream numbers its connections).
+async fn upstream_connection_answering<S>(stream: &mut S, request: &str) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (head, body) = exchange(stream, request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["connection"].clone()
+}
+
+const KEEP_ALIVE_REQUEST: &str = "GET /keep-alive/2 HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_connection_is_retired_before_its_announced_idle_timeout() {
     let Fixture { edge, pki, _directory } = tokio::task::spawn_blocking(fixture).await.unwrap();
@@ -511,26 +524,20 @@ async fn an_upstream_connection_is_retired_before_its_announced_idle_timeout() {
         .await
         .unwrap();
     // One client connection: every request runs on the same worker thread, with the same pool.
-    let request = "GET /keep-alive/2 HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
-    let connection = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["connection"].clone();
-    let (head, body) = exchange(&mut stream, request).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let first = connection(&body);
-    let (_, body) = exchange(&mut stream, request).await;
-    assert_eq!(connection(&body), first, "a fresh upstream connection is reused");
+    let first = upstream_connection_answering(&mut stream, KEEP_ALIVE_REQUEST).await;
+    assert_eq!(
+        upstream_connection_answering(&mut stream, KEEP_ALIVE_REQUEST).await,
+        first,
+        "a fresh upstream connection is reused"
+    );
     // The upstream closes after 2 s idle; the edge must stop using the connection a second
     // before, instead of racing the close with a request it may not be able to replay.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (head, body) = exchange(
-        &mut stream,
-        &request
-            .replace("GET", "POST")
-            .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n"),
-    )
-    .await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let post = KEEP_ALIVE_REQUEST
+        .replace("GET", "POST")
+        .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
     assert_ne!(
-        connection(&body),
+        upstream_connection_answering(&mut stream, &post).await,
         first,
         "reused a connection the upstream was about to close"
     );
@@ -545,15 +552,9 @@ async fn with_no_idle_upstream_connections_allowed_each_request_gets_a_new_one()
     let mut stream = tls_connect(edge.https, "login.acme.test", pki.root_store(), &[b"http/1.1"])
         .await
         .unwrap();
-    let request = "GET /keep-alive/2 HTTP/1.1\r\nHost: login.acme.test\r\n\r\n";
-    let connection = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["connection"].clone();
-    let (head, body) = exchange(&mut stream, request).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let first = connection(&body);
-    let (head, body) = exchange(&mut stream, request).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let first = upstream_connection_answering(&mut stream, KEEP_ALIVE_REQUEST).await;
     assert_ne!(
-        connection(&body),
+        upstream_connection_answering(&mut stream, KEEP_ALIVE_REQUEST).await,
         first,
         "an upstream connection was kept idle against the bound"
     );

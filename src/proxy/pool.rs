@@ -7,14 +7,13 @@
 //! less) are dropped when met, and every [`SWEEP_INTERVAL`] the expired ones of every peer are
 //! dropped, by a `put` or, while the pool keeps any, by one sweeper task per thread (peers no
 //! request asks for any more, such as targets a reload removed, and threads that serve no more
-//! requests do not keep their sockets); at most
-//! `upstream.max_idle_connections` are kept per peer and thread (the oldest goes first). Before a connection is handed out, it is
-//! checked that the upstream has neither closed it nor sent anything unasked (either way it is
-//! dropped): for a plain TCP connection idle less than [`TRUSTED_IDLE`], by the event loop's
-//! readiness (nothing arrived since its last read: no system call, as nginx learns of closes
-//! from its events), otherwise by one non-blocking peek. A close racing that check is found by
-//! the exchange itself, which the request loop then replays on another connection when that is
-//! safe (see `forward`).
+//! requests do not keep their sockets); at most `upstream.max_idle_connections` are kept per peer
+//! and thread (the oldest goes first). Before a connection is handed out, it is checked that the
+//! upstream has neither closed it nor sent anything unasked (either way it is dropped): for a plain
+//! TCP connection idle less than [`TRUSTED_IDLE`], by the event loop's readiness (nothing arrived
+//! since its last read: no system call, as nginx learns of closes from its events), otherwise by
+//! one non-blocking peek. A close racing that check is found by the exchange itself, which the
+//! request loop then replays on another connection when that is safe (see `forward`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
