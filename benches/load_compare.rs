@@ -38,7 +38,8 @@ use vestibule::auth::crypto::{self, EdgeKey};
 const HOST: &str = "acme-app-acct.us.bench.test";
 
 struct Options {
-    /// `--profile keep-alive|large|many|http2|handshakes`: record Vestibule with `perf` during that load only.
+    /// `--profile keep-alive|large|many|http2|handshakes`: record Vestibule with `perf` during that
+    /// load only.
     profile: Option<String>,
     rounds: usize,
     duration: u64,
@@ -781,6 +782,27 @@ fn main() {
         instructions(path, &proxies, &token, requests);
         return;
     }
+    /// Each test: the key `--profile` names it by, its name (`--only` matches part of it), the run.
+    type Test<'a> = (&'a str, &'a str, &'a dyn Fn(&Proxy) -> Run);
+    let tests: [Test; 5] = [
+        ("keep-alive", "keep-alive HTTPS/1.1 (wrk -t1 -c64)", &|p| {
+            keep_alive(p, &token, options.duration, "/", 64)
+        }),
+        ("large", "large responses, 64 KiB over HTTPS/1.1 (wrk -t1 -c64)", &|p| {
+            keep_alive(p, &token, options.duration, "/64k", 64)
+        }),
+        (
+            "many",
+            "many clients, 1,000 connections over HTTPS/1.1 (wrk -t1 -c1000)",
+            &|p| keep_alive(p, &token, options.duration, "/", 1000),
+        ),
+        ("http2", "HTTP/2 (h2load -t1 -c32 -m10)", &|p| {
+            http2(p, &token, options.duration, path)
+        }),
+        ("handshakes", "full TLS 1.3 handshakes (64 clients)", &|p| {
+            handshakes(p, &token, options.duration)
+        }),
+    ];
     if let Some(kind) = &options.profile {
         let output = path.join("perf.data");
         let mut perf = Command::new("perf")
@@ -802,13 +824,9 @@ fn main() {
             .spawn()
             .expect("perf (Debian linux-perf)");
         std::thread::sleep(Duration::from_millis(500));
-        let run = match kind.as_str() {
-            "http2" => http2(&proxies[0], &token, options.duration, path),
-            "handshakes" => handshakes(&proxies[0], &token, options.duration),
-            "large" => keep_alive(&proxies[0], &token, options.duration, "/64k", 64),
-            "many" => keep_alive(&proxies[0], &token, options.duration, "/", 1000),
-            _ => keep_alive(&proxies[0], &token, options.duration, "/", 64),
-        };
+        // An unknown key profiles the first test, keep-alive.
+        let (_, _, test) = tests.iter().find(|(key, _, _)| key == kind).unwrap_or(&tests[0]);
+        let run = test(&proxies[0]);
         let _ = Command::new("kill").arg("-INT").arg(perf.id().to_string()).status();
         let _ = perf.wait();
         let keep = std::env::temp_dir().join("vestibule-perf.data");
@@ -820,25 +838,6 @@ fn main() {
         return;
     }
 
-    type Test<'a> = (&'a str, &'a dyn Fn(&Proxy) -> Run);
-    let tests: [Test; 5] = [
-        ("keep-alive HTTPS/1.1 (wrk -t1 -c64)", &|p| {
-            keep_alive(p, &token, options.duration, "/", 64)
-        }),
-        ("large responses, 64 KiB over HTTPS/1.1 (wrk -t1 -c64)", &|p| {
-            keep_alive(p, &token, options.duration, "/64k", 64)
-        }),
-        (
-            "many clients, 1,000 connections over HTTPS/1.1 (wrk -t1 -c1000)",
-            &|p| keep_alive(p, &token, options.duration, "/", 1000),
-        ),
-        ("HTTP/2 (h2load -t1 -c32 -m10)", &|p| {
-            http2(p, &token, options.duration, path)
-        }),
-        ("full TLS 1.3 handshakes (64 clients)", &|p| {
-            handshakes(p, &token, options.duration)
-        }),
-    ];
     println!("Vestibule (JWT on every request) vs nginx (no auth); proxies on CPU 1, load and upstream on CPU 0");
     println!(
         "{} rounds of {} s per test, interleaved\n",
@@ -846,7 +845,7 @@ fn main() {
     );
     let mut summary = Vec::new();
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    for (name, test) in &tests {
+    for (_, name, test) in &tests {
         if only.as_deref().is_some_and(|wanted| !name.contains(wanted)) {
             continue;
         }
