@@ -13,9 +13,8 @@
 //!   clients, resumption disabled, like `tlsload`);
 //! - per run: req/s, p50/p99 latency and proxy CPU per request (from /proc), and, where h2load
 //!   logs every request, the p99 of those started after the first second (the connection burst
-//!   is over by then); per test: the
-//!   Vestibule/nginx ratio per round and its median; then resident memory with 10k idle TLS
-//!   connections.
+//!   is over by then); per test: the Vestibule/nginx ratio per round and its median; then
+//!   resident memory with 10k idle TLS connections.
 //!
 //!     ./scripts/load-compare.sh [--rounds 5] [--duration 10]
 //!
@@ -464,19 +463,19 @@ fn h2load(proxy: &Proxy, token: &str, seconds: u64, directory: &Path, shape: &[&
             .filter(|(start, _)| *start >= settled_from)
             .map(|(_, ms)| *ms)
             .collect();
-        settled_p99_ms = percentile(&mut settled, 0.99);
-        let p50 = percentile(&mut latencies, 0.5);
-        let p99 = percentile(&mut latencies, 0.99);
+        settled.sort_by(f64::total_cmp);
+        latencies.sort_by(f64::total_cmp);
+        settled_p99_ms = percentile(&settled, 0.99);
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
         (rps, p50, p99, succeeded, succeeded.saturating_sub(ok_2xx))
     });
     Run { settled_p99_ms, ..run }
 }
 
-/// The `fraction` percentile of `values` (sorted in place); NaN when there are none.
-fn percentile(values: &mut [f64], fraction: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values
-        .get(((values.len().max(1) - 1) as f64 * fraction).round() as usize)
+/// The `fraction` percentile of `sorted`; NaN when there are none.
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * fraction).round() as usize)
         .copied()
         .unwrap_or(f64::NAN)
 }
@@ -897,7 +896,10 @@ fn main() {
             continue;
         }
         println!("## {name}");
-        println!("| round | proxy | req/s | p50 ms | p99 ms | p99 ms after 1 s | proxy CPU µs/req | errors |");
+        println!(
+            "| round | proxy | req/s | p50 ms | p99 ms | p99 ms after {} s | proxy CPU µs/req | errors |",
+            SETTLED_AFTER.as_secs()
+        );
         println!("|---|---|---|---|---|---|---|---|");
         let mut ratios = Vec::new();
         let mut p99 = (Vec::new(), Vec::new());
@@ -945,7 +947,8 @@ fn main() {
         let (settled_vestibule, settled_nginx) = (median(&mut settled.0), median(&mut settled.1));
         if !settled_vestibule.is_nan() {
             println!(
-                "median p99 of requests started after 1 s: Vestibule {settled_vestibule:.3} ms, nginx {settled_nginx:.3} ms\n"
+                "median p99 of requests started after {} s: Vestibule {settled_vestibule:.3} ms, nginx {settled_nginx:.3} ms\n",
+                SETTLED_AFTER.as_secs()
             );
         }
         summary.push((name, median_ratio));
